@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import sys
+import warnings
 import time
 from pathlib import Path
 
@@ -43,6 +46,35 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write OUT/preview.png, a contact sheet with every label drawn; on an existing "
                         "data set, only write the sheet")
     p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("train", parents=[common], help="train the plate reader (or fetch one) and export pipeline.pth",
+                       description="Train both stages (plate detector, plate reader) with MMEngine on the GPU if "
+                                   "there is one, else the CPU, then export OUT/pipeline.pth. Run it again on the same "
+                                   "--out to resume. With --model, fetch an existing pipeline.pth instead.")
+    p.add_argument("--data", metavar="DIR", help="data set folder (from platepipe data, or COCO train/val/test.json)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (checkpoints, logs, pipeline.pth)")
+    p.add_argument("--preset", choices=["quick", "full", "tiny"], help="model preset (default: model.preset)")
+    p.add_argument("--model", metavar="PATH|gs://...", help="fetch this pipeline.pth instead of training")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", parents=[common], help="measure mAP and EIR; gate on EIR",
+                       description="Read every image of a split, compare with its labels and write metrics.json and "
+                                   "report.html (worst cases drawn). Exit 1 when EIR is below --min-eir.")
+    p.add_argument("--model", required=True, metavar="PATH", help="pipeline.pth")
+    p.add_argument("--data", required=True, metavar="DIR", help="data set folder")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to evaluate (test)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for metrics.json and report.html")
+    p.add_argument("--min-eir", type=float, metavar="X", help="fail (exit 1) below this EIR (default: evaluate.min_eir)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", parents=[common], help="read the plates in image files",
+                       description="Read plates with a pipeline.pth. Prints each plate framed like the original "
+                                   "client, or JSON lines with --json; --draw writes annotated images.")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, WebP, BMP, TIFF, ...)")
+    p.add_argument("--model", required=True, metavar="PATH", help="pipeline.pth")
+    p.add_argument("--json", action="store_true", help='one JSON line per image: {"image": ..., "response": [...]}')
+    p.add_argument("--draw", metavar="DIR", help="write each image with its plates drawn to DIR")
+    p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("run", parents=[common], help="run the whole pipeline",
                        description="Run the pipeline's steps one after another and print a summary.")
@@ -93,6 +125,72 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from components import export, train
+    cfg = _load(args)
+    source = args.model or cfg.model.pretrained
+    if source:
+        print(f"fetched {export.fetch(source, args.out)}")
+        return 0
+    if not args.data:
+        raise ValueError("train needs --data DIR (or --model to fetch an existing pipeline.pth)")
+    data_dir = _training_data(args.data, Path(args.out) / "data", cfg)
+    spec = train.TrainSpec.from_config(cfg)
+    if args.preset:
+        spec = dataclasses.replace(spec, preset=args.preset)
+    _select_device(cfg.model.device)
+    path = train.train(data_dir, args.out, spec)
+    print(f"exported {path}")
+    return 0
+
+
+def _training_data(source: str, prepared: Path, cfg: Config) -> Path:
+    """A platepipe data set as it is; anything else (labelme, one COCO file, gs://) converted once into OUT/data."""
+    if not source.startswith("gs://") and (Path(source) / "train.json").is_file() and (Path(source) / "val.json").is_file():
+        return Path(source)
+    if (prepared / "dataset.json").is_file():
+        print(f"using the data prepared earlier in {prepared}")
+        return prepared
+    from components import labelled
+    d = cfg.data
+    out = labelled.prepare(source, prepared, fmt=d.format, seed=d.seed, split=(d.split_train, d.split_val, d.split_test))
+    print(f"prepared {source} as a data set in {out}")
+    return out
+
+
+def _select_device(device: str) -> None:
+    if device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from components.evaluate import evaluate
+    cfg = _load(args)
+    ev = cfg.evaluate
+    metrics = evaluate(args.model, args.data, args.out, split=args.split, score_threshold=ev.score_threshold,
+                       iou_threshold=ev.iou_threshold, report_worst=ev.report_worst)
+    print(f"EIR {metrics['eir']:.4f} on {metrics['plates']} plates ({metrics['images']} images); "
+          f"mAP {metrics['bbox_mAP']:.4f}, char accuracy {metrics['char_accuracy']}, "
+          f"precision {metrics['plate_precision']}, recall {metrics['plate_recall']}, "
+          f"{metrics['median_ms_per_image']} ms/image")
+    print(f"report: {Path(args.out) / 'report.html'}")
+    min_eir = args.min_eir if args.min_eir is not None else ev.min_eir
+    if metrics["eir"] < min_eir:
+        print(f"gate failed: EIR {metrics['eir']:.4f} < {min_eir}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from components.predict import predict_files, show
+    cfg = _load(args)
+    failed = 0
+    for record in predict_files(args.images, args.model, draw_dir=args.draw, device=cfg.model.device):
+        failed += "error" in record
+        print(show(record, args.json), flush=True)
+    return 1 if failed else 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.local_run import run_local
     return run_local(_load(args), args.out)
@@ -114,7 +212,14 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 1
 
 
+def _quiet_libraries() -> None:
+    """mmdet and torch repeat deprecation warnings on every forward pass; they are not the user's concern."""
+    warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.cuda.amp.autocast.*")
+    warnings.filterwarnings("ignore", category=UserWarning, message=".*torch.meshgrid.*")
+
+
 def main(argv: list[str] | None = None) -> int:
+    _quiet_libraries()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:
@@ -122,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
-    except (ConfigError, ValueError, FileExistsError, FileNotFoundError) as exc:
+    except (ConfigError, ValueError, FileExistsError, FileNotFoundError, OSError) as exc:
         print(f"platepipe {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,0 +1,129 @@
+"""Export step: pipeline.pth, the one file serving needs.
+
+It holds, for each stage, the weights and the full MMDetection model config, plus the class order, the
+plate format, metrics, the data fingerprint and library versions. Only tensors, dicts, lists, strings and
+numbers: it loads with torch.load(weights_only=True), since a model file can come from anywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from serving.labels import CLASSES, LETTERS, MAIN_PATTERN, SUB_PATTERN
+
+FORMAT = "platepipe.pipeline/1"
+STAGES = ("detector", "reader")
+
+
+def _versions() -> dict:
+    out = {"python": platform.python_version()}
+    for dist in ("torch", "mmcv", "mmdet", "mmengine", "platepipe"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def data_fingerprint(data_dir: Path | None) -> str | None:
+    if data_dir is None:
+        return None
+    manifest = Path(data_dir) / "dataset.json"
+    if manifest.is_file():
+        return json.loads(manifest.read_text()).get("fingerprint")
+    h = hashlib.sha256()
+    for name in ("train.json", "val.json", "test.json"):
+        if (Path(data_dir) / name).is_file():
+            h.update((Path(data_dir) / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _plain(obj):
+    """Config values as plain JSON-like data (tuples become lists)."""
+    return json.loads(json.dumps(obj))
+
+
+def export(path: str | Path, stages: dict, metrics: dict | None = None, data_dir: Path | None = None,
+           train_spec: dict | None = None) -> Path:
+    """Write pipeline.pth from {stage: (model config dict, mmengine checkpoint path)}; return the path."""
+    import torch
+
+    payload = {"format": FORMAT, "classes": list(CLASSES),
+               "plate_format": {"sub_text": list(SUB_PATTERN), "main_text": list(MAIN_PATTERN), "letters": list(LETTERS),
+                                "example": "38D4831"},
+               "metrics": _plain(metrics or {}), "data_fingerprint": data_fingerprint(data_dir),
+               "train": _plain(train_spec or {}), "versions": _versions(),
+               "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    for stage in STAGES:
+        cfg, ckpt = stages[stage]
+        with _full_load():
+            state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        weights = state.get("state_dict", state)
+        payload[stage] = {"config": _plain(cfg), "state_dict": {k: v.detach().cpu() for k, v in weights.items()},
+                          "checkpoint": Path(ckpt).name}
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    torch.save(payload, tmp)
+    load_pipeline(tmp)  # never leave a file that serving cannot read
+    os.replace(tmp, path)
+    return path
+
+
+class _full_load:
+    """Our own training checkpoints hold non-tensor state; read them fully (they are ours)."""
+
+    def __enter__(self):
+        self.old = os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
+        os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
+
+    def __exit__(self, *exc):
+        if self.old is None:
+            os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
+        else:
+            os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = self.old
+
+
+def load_pipeline(path: str | Path) -> dict:
+    """Read and check a pipeline.pth with the safe loader; clear errors for files that are not one."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        raise ValueError(f"{path} is not a loadable pipeline.pth ({str(exc).splitlines()[0]}): "
+                         "export one with `platepipe train` or point --model at the right file") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a platepipe pipeline.pth (format {payload.get('format') if isinstance(payload, dict) else type(payload).__name__!r}, "
+                         f"expected {FORMAT}): export one with `platepipe train`")
+    if payload["classes"] != list(CLASSES):
+        raise ValueError(f"{path} was trained with classes {payload['classes']}, this platepipe expects {list(CLASSES)}")
+    for stage in STAGES:
+        if stage not in payload or "config" not in payload[stage] or "state_dict" not in payload[stage]:
+            raise ValueError(f"{path} lacks the {stage} stage: re-export it with `platepipe train`")
+    return payload
+
+
+def fetch(source: str, out_dir: str | Path) -> Path:
+    """Fetch step: take an existing pipeline.pth (local path or gs://) into out_dir, checked."""
+    out = Path(out_dir) / "pipeline.pth"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if source.startswith("gs://"):
+        from components.gcs import download
+        download(source, out)
+    else:
+        if Path(source).resolve() != out.resolve():
+            shutil.copyfile(source, out)
+    load_pipeline(out)
+    return out

@@ -1,0 +1,211 @@
+"""MMDetection/MMEngine parts the training needs, registered under the `mmdet` scope on import:
+
+  PlateCropDataset  one sample per labelled plate: its characters and text regions
+  CropPlate         cuts the plate out (with jitter when training) at the reader's input size
+  PlateReadMetric   exact read rate (EIR) of the reader on plate crops, for best-checkpoint selection
+  TimeBudgetHook    ends training after a wall-clock budget, with a final validation and checkpoint
+  ProgressHook      one line per log interval: iteration, percent, elapsed, ETA
+"""
+
+from __future__ import annotations
+
+import json
+import os.path as osp
+import time
+
+import numpy as np
+from mmdet.datasets import BaseDetDataset
+from mmdet.registry import DATASETS, HOOKS, METRICS, TRANSFORMS
+from mmengine.evaluator import BaseMetric
+from mmengine.hooks import Hook
+
+from configs.model import READER_CLASSES
+from serving.crops import crop_plate, to_crop
+from serving.labels import CLASSES, PLATE_TYPES
+from serving.plates import Detection, decode
+
+
+def _inside(inner: list[float], outer: list[float]) -> bool:
+    """COCO [x, y, w, h] boxes: is inner's centre inside outer?"""
+    cx, cy = inner[0] + inner[2] / 2, inner[1] + inner[3] / 2
+    return outer[0] <= cx <= outer[0] + outer[2] and outer[1] <= cy <= outer[1] + outer[3]
+
+
+@DATASETS.register_module(force=True)
+class PlateCropDataset(BaseDetDataset):
+    """COCO file in, one entry per plate out, with the characters and regions whose centres lie inside it."""
+
+    METAINFO = {"classes": READER_CLASSES}
+
+    def load_data_list(self) -> list[dict]:
+        with open(self.ann_file) as f:
+            coco = json.load(f)
+        names = {c["id"]: c["name"] for c in coco["categories"]}
+        by_image: dict[int, list[dict]] = {}
+        for ann in coco["annotations"]:
+            by_image.setdefault(ann["image_id"], []).append(ann)
+        label_of = {name: i for i, name in enumerate(self.metainfo["classes"])}
+        entries = []
+        for image in coco["images"]:
+            anns = by_image.get(image["id"], [])
+            for plate in (a for a in anns if names[a["category_id"]] in PLATE_TYPES):
+                instances = []
+                for a in anns:
+                    name = names[a["category_id"]]
+                    if name in label_of and _inside(a["bbox"], plate["bbox"]):
+                        x, y, w, h = a["bbox"]
+                        instances.append({"bbox": [x, y, x + w, y + h], "bbox_label": label_of[name], "ignore_flag": 0})
+                x, y, w, h = plate["bbox"]
+                entries.append({
+                    "img_path": osp.join(self.data_prefix.get("img", "") or self.data_root or "", image["file_name"]),
+                    "img_id": plate["id"], "height": image["height"], "width": image["width"],
+                    "plate_bbox": [x, y, x + w, y + h], "plate_type": names[plate["category_id"]],
+                    "plate_text": plate.get("text", ""), "instances": instances,
+                })
+        return entries
+
+
+@TRANSFORMS.register_module(force=True)
+class CropPlate:
+    """Cut results['plate_bbox'] out of the image at size (w, h); move the instance boxes along.
+
+    jitter: standard deviation of each box edge's shift, as a fraction of the plate's width/height.
+    """
+
+    def __init__(self, size: tuple[int, int], jitter: float = 0.0):
+        self.size = tuple(size)
+        self.jitter = jitter
+
+    def __call__(self, results: dict) -> dict:
+        box = np.asarray(results["plate_bbox"], np.float32)
+        if self.jitter:
+            w, h = box[2] - box[0], box[3] - box[1]
+            box = box + np.random.normal(0, self.jitter, 4).astype(np.float32) * np.float32([w, h, w, h])
+            if box[2] - box[0] < 4 or box[3] - box[1] < 4:
+                box = np.asarray(results["plate_bbox"], np.float32)
+        crop, transform = crop_plate(results["img"], box, self.size)
+        kept = []
+        out_w, out_h = self.size
+        for inst in results.get("instances", []):
+            b = to_crop(inst["bbox"], transform)[0]
+            clipped = np.clip(b, 0, [out_w, out_h, out_w, out_h])
+            area = max(0, b[2] - b[0]) * max(0, b[3] - b[1])
+            kept_area = max(0, clipped[2] - clipped[0]) * max(0, clipped[3] - clipped[1])
+            if area > 0 and kept_area / area >= 0.6:
+                kept.append({**inst, "bbox": clipped.tolist()})
+        results["instances"] = kept
+        results["img"] = crop
+        results["img_shape"] = crop.shape[:2]
+        results["ori_shape"] = crop.shape[:2]
+        results["scale_factor"] = (1.0, 1.0)
+        return results
+
+    def __repr__(self) -> str:
+        return f"CropPlate(size={self.size}, jitter={self.jitter})"
+
+
+def read_crop(pred, plate_type: str, crop_shape, classes=READER_CLASSES, score_threshold: float = 0.3) -> dict | None:
+    """Decode the reader's detections on one crop as a plate of the given type (or None)."""
+    h, w = crop_shape[:2]
+    dets = [Detection(plate_type, 1.0, (0.0, 0.0, float(w), float(h)))]
+    for box, score, label in zip(pred.bboxes.tolist(), pred.scores.tolist(), pred.labels.tolist()):
+        dets.append(Detection(classes[label], float(score), tuple(box)))
+    plates = decode(dets, plate_score=0.0, char_score=score_threshold, keep_partial=True)
+    return plates[0] if plates else None
+
+
+@METRICS.register_module(force=True)
+class PlateReadMetric(BaseMetric):
+    """EIR on crops: a plate counts when all 7 characters are read right, in order."""
+
+    default_prefix = "plate"
+
+    def __init__(self, score_threshold: float = 0.3, **kwargs):
+        super().__init__(**kwargs)
+        self.score_threshold = score_threshold
+
+    def process(self, data_batch, data_samples) -> None:
+        for sample in data_samples:
+            plate = read_crop(_Pred(sample["pred_instances"]), sample["plate_type"], sample["img_shape"],
+                              score_threshold=self.score_threshold)
+            read = plate["plate"] if plate and plate.get("valid") else ""
+            truth = sample["plate_text"]
+            chars = sum(a == b for a, b in zip(read, truth)) if read else 0
+            self.results.append((read == truth, chars, len(truth)))
+
+    def compute_metrics(self, results: list) -> dict:
+        n = max(1, len(results))
+        return {"eir": sum(r[0] for r in results) / n,
+                "char_acc": sum(r[1] for r in results) / max(1, sum(r[2] for r in results))}
+
+
+class _Pred:
+    """pred_instances as a plain object with tensors, whether it came as a dict or InstanceData."""
+
+    def __init__(self, pred):
+        get = pred.get if isinstance(pred, dict) else (lambda k: getattr(pred, k))
+        self.bboxes, self.scores, self.labels = get("bboxes"), get("scores"), get("labels")
+
+
+@HOOKS.register_module(force=True)
+class TimeBudgetHook(Hook):
+    """Stop after `minutes` of training; the loop then validates and checkpoints as at its last iteration."""
+
+    priority = "LOW"
+
+    def __init__(self, minutes: float | None = None):
+        self.seconds = minutes * 60 if minutes else None
+        self.started = None
+
+    def before_train(self, runner) -> None:
+        self.started = time.monotonic()
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+        if self.seconds and time.monotonic() - self.started > self.seconds:
+            loop = runner.train_loop
+            if loop._max_iters > runner.iter + 1:
+                runner.logger.warning(f"time budget of {self.seconds / 60:.1f} min reached at iteration "
+                                      f"{runner.iter + 1}: finishing")
+                loop._max_iters = runner.iter + 1
+
+
+@HOOKS.register_module(force=True)
+class ProgressHook(Hook):
+    """A plain progress line every `interval` iterations: stage, iteration, percent, loss, elapsed, ETA."""
+
+    priority = "BELOW_NORMAL"
+
+    def __init__(self, stage: str, interval: int = 25, echo=None):
+        self.stage, self.interval = stage, interval
+        self.echo = echo or (lambda line: print(line, flush=True))
+        self.started = None
+        self.start_iter = 0
+
+    def before_train(self, runner) -> None:
+        self.started = time.monotonic()
+        self.start_iter = runner.iter
+        if runner.iter:
+            self.echo(f"  {self.stage}: resumed at iteration {runner.iter} of {runner.train_loop.max_iters}")
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+        done, total = runner.iter + 1, runner.train_loop.max_iters
+        if done % self.interval and done != total:
+            return
+        elapsed = time.monotonic() - self.started
+        rate = elapsed / max(1, done - self.start_iter)
+        loss = float(outputs["loss"].item()) if outputs and "loss" in outputs else float("nan")
+        self.echo(f"  {self.stage}: iter {done}/{total} ({100 * done / total:.0f}%), loss {loss:.3f}, "
+                  f"{_clock(elapsed)} elapsed, ETA {_clock(rate * (total - done))}")
+
+    def after_val_epoch(self, runner, metrics=None) -> None:
+        if metrics:
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+            self.echo(f"  {self.stage}: validation at iter {runner.iter}: {shown}")
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+assert len(READER_CLASSES) + len(PLATE_TYPES) == len(CLASSES)

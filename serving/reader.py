@@ -1,0 +1,131 @@
+"""Two-stage inference from a pipeline.pth: find plates in each image, read each plate's crop, decode.
+
+Used by evaluation, `platepipe predict` and the TorchServe handler. Builds both models from the configs
+inside the file: no config on disk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from serving.crops import crop_plate, to_image
+from serving.plates import Detection, decode
+
+
+@dataclass
+class ImageResult:
+    plates: list[dict]            # decoded plates, best first
+    detections: list[Detection]   # every detection in image pixels (plates, regions, characters)
+
+
+class PlateReader:
+    def __init__(self, payload: dict, device: str = "cpu", plate_score: float = 0.3, char_score: float = 0.3,
+                 keep_partial: bool = False):
+        import torch
+        from mmdet.registry import MODELS
+        from mmdet.utils import register_all_modules
+        from mmengine.config import ConfigDict
+
+        register_all_modules(init_default_scope=True)
+        self.device = torch.device(device)
+        self.payload = payload
+        self.plate_score, self.char_score, self.keep_partial = plate_score, char_score, keep_partial
+        self.models, self.classes = {}, {}
+        for stage in ("detector", "reader"):
+            cfg = payload[stage]["config"]
+            model = MODELS.build(ConfigDict(cfg["model"]))
+            missing, unexpected = model.load_state_dict(payload[stage]["state_dict"], strict=False)
+            if missing or unexpected:
+                raise ValueError(f"the {stage} weights do not fit its config (missing {missing[:3]}, "
+                                 f"unexpected {unexpected[:3]}): the file is damaged or from another version")
+            self.models[stage] = model.to(self.device).eval()
+            self.classes[stage] = tuple(cfg["classes"])
+        self.input_size = int(payload["detector"]["config"]["input_size"])
+        self.crop_size = tuple(payload["reader"]["config"]["crop_size"])
+
+    @classmethod
+    def from_file(cls, path: str | Path, device: str = "auto", **kwargs) -> "PlateReader":
+        import torch
+
+        from components.export import load_pipeline
+
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        return cls(load_pipeline(path), device=device, **kwargs)
+
+    def _run(self, stage: str, images: list[np.ndarray], scales: list[float]):
+        import torch
+        from mmdet.structures import DetDataSample
+
+        model = self.models[stage]
+        inputs, samples = [], []
+        for img, scale in zip(images, scales):
+            h, w = img.shape[:2]
+            inputs.append(torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))))
+            ori = (int(round(h / scale)), int(round(w / scale)))
+            samples.append(DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=ori, scale_factor=(scale, scale))))
+        with torch.no_grad():
+            data = model.data_preprocessor({"inputs": inputs, "data_samples": samples}, False)
+            results = model.predict(data["inputs"], data["data_samples"], rescale=True)
+        return [r.pred_instances for r in results]
+
+    def predict(self, images: list[np.ndarray]) -> list[ImageResult]:
+        """BGR uint8 images (any sizes) -> one ImageResult each, in one batch per stage."""
+        import cv2
+
+        if not images:
+            return []
+        resized, scales = [], []
+        for img in images:
+            h, w = img.shape[:2]
+            scale = self.input_size / max(h, w)
+            resized.append(cv2.resize(img, (max(1, round(w * scale)), max(1, round(h * scale))),
+                                      interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR))
+            scales.append(scale)
+        found = self._run("detector", resized, scales)
+        plates: list[list[Detection]] = []
+        crops, owners, transforms = [], [], []
+        det_classes = self.classes["detector"]
+        for i, pred in enumerate(found):
+            kept = [Detection(det_classes[int(l)], float(s), tuple(float(v) for v in b))
+                    for b, s, l in zip(pred.bboxes.tolist(), pred.scores.tolist(), pred.labels.tolist())
+                    if s >= self.plate_score]
+            plates.append(kept)
+            for j, det in enumerate(kept):
+                crop, transform = crop_plate(images[i], det.bbox, self.crop_size)
+                crops.append(crop)
+                owners.append((i, j))
+                transforms.append(transform)
+        per_plate: dict[tuple[int, int], list[Detection]] = {}
+        if crops:
+            read_classes = self.classes["reader"]
+            for owner, transform, pred in zip(owners, transforms, self._run("reader", crops, [1.0] * len(crops))):
+                boxes = to_image(pred.bboxes.cpu().numpy(), transform)
+                per_plate[owner] = [Detection(read_classes[int(l)], float(s), tuple(float(v) for v in b))
+                                    for b, s, l in zip(boxes.tolist(), pred.scores.tolist(), pred.labels.tolist())]
+        out = []
+        for i, kept in enumerate(plates):
+            decoded, detections = [], []
+            for j, plate in enumerate(kept):
+                chars = per_plate.get((i, j), [])
+                detections += [plate] + chars
+                decoded += decode([plate] + chars, plate_score=self.plate_score, char_score=self.char_score,
+                                  keep_partial=True)
+            decoded = _drop_duplicates(decoded)
+            if not self.keep_partial:
+                decoded = [p for p in decoded if p["valid"]]
+            out.append(ImageResult(plates=sorted(decoded, key=lambda p: -p["score"]), detections=detections))
+        return out
+
+
+def _drop_duplicates(plates: list[dict]) -> list[dict]:
+    """Two detector boxes on one plate (one per type) read twice: keep the surer read."""
+    from serving.plates import iou
+    kept: list[dict] = []
+    for p in sorted(plates, key=lambda p: (not p["valid"], -p["score"])):
+        if all(iou(p["bbox"], k["bbox"]) <= 0.5 for k in kept):
+            kept.append(p)
+    return kept

@@ -1,0 +1,188 @@
+"""The model: a tiny real training run (MMEngine runner, both stages) that saves, resumes and exports;
+pipeline.pth loads with weights_only and predicts the same as the checkpoints it came from; evaluation
+on a set with a known answer; predict on good and bad files."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from components.data import DataSpec, generate
+from components.evaluate import evaluate, truth_plates
+from components.export import FORMAT, load_pipeline
+from components.train import TrainSpec, best_checkpoint, train
+from serving.labels import CLASSES
+from serving.reader import ImageResult, PlateReader
+from serving.plates import Detection
+
+PLATEPIPE = Path(sys.executable).with_name("platepipe")
+TINY = TrainSpec(preset="tiny", max_iters=4, val_interval=2, workers=0)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("model") / "data"
+    generate(out, DataSpec(n_images=12, seed=11, min_size=320, max_size=400, plate_width_min=80,
+                           plate_width_max=200, split=(0.5, 0.25, 0.25)), workers=1, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("model") / "train"
+    return out, train(data_dir, out, TINY)
+
+
+def test_training_saves_checkpoints_and_exports(trained):
+    out, pth = trained
+    assert pth == out / "pipeline.pth" and pth.stat().st_size > 10_000
+    for stage in ("detector", "reader"):
+        assert (out / stage / "last_checkpoint").exists()
+        assert best_checkpoint(out / stage).is_file()
+    assert not list(out.glob("*.partial"))
+
+
+def test_pipeline_file_is_safe_and_self_contained(trained):
+    payload = torch.load(trained[1], map_location="cpu", weights_only=True)  # no pickled objects
+    assert payload["format"] == FORMAT and payload["classes"] == list(CLASSES)
+    for stage in ("detector", "reader"):
+        cfg = payload[stage]["config"]
+        assert cfg["model"]["type"] == "RTMDet" and cfg["stage"] == stage
+        assert all(isinstance(v, torch.Tensor) for v in payload[stage]["state_dict"].values())
+    assert payload["data_fingerprint"] and payload["versions"]["mmdet"] == "3.3.0"
+    assert payload["plate_format"]["example"] == "38D4831" and payload["train"]["preset"] == "tiny"
+
+
+def test_resume_continues_where_it_stopped(data_dir, trained, capsys):
+    out, _ = trained
+    more = TrainSpec(preset="tiny", max_iters=6, val_interval=2, workers=0)
+    train(data_dir, out, more)
+    printed = capsys.readouterr().out
+    assert "detector: resumed at iteration 4 of 6" in printed
+    assert "reader: resumed at iteration 4 of 6" in printed
+    ckpt = Path((out / "reader" / "last_checkpoint").read_text().strip())
+    assert ckpt.name == "iter_6.pth"
+
+
+def test_export_predicts_like_the_checkpoints(trained, data_dir):
+    """pipeline.pth rebuilt with weights_only gives the same detections as the runner's own checkpoints."""
+    out, pth = trained
+    payload = load_pipeline(pth)
+    from_checkpoints = dict(payload)
+    for stage in ("detector", "reader"):
+        name = payload[stage]["checkpoint"]
+        state = torch.load(out / stage / name, map_location="cpu", weights_only=False)["state_dict"]
+        from_checkpoints[stage] = {**payload[stage], "state_dict": state}
+    images = [np.asarray(__import__("cv2").imread(str(p))) for p in sorted((data_dir / "images").iterdir())[:3]]
+    a = PlateReader(payload, plate_score=0.0, char_score=0.0, keep_partial=True).predict(images)
+    b = PlateReader(from_checkpoints, plate_score=0.0, char_score=0.0, keep_partial=True).predict(images)
+    for ra, rb in zip(a, b):
+        assert [d.label for d in ra.detections] == [d.label for d in rb.detections]
+        assert np.allclose([d.bbox for d in ra.detections], [d.bbox for d in rb.detections], atol=1e-3)
+
+
+def test_bad_model_files_are_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model file not found"):
+        load_pipeline(tmp_path / "none.pth")
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match="not a loadable pipeline.pth"):
+        load_pipeline(junk)
+    other = tmp_path / "other.pth"
+    torch.save({"state_dict": {}}, other)
+    with pytest.raises(ValueError, match="not a platepipe pipeline.pth"):
+        load_pipeline(other)
+
+
+class Oracle:
+    """Reads every labelled plate right except one, and invents one plate on a plate-free image."""
+
+    def __init__(self, coco: dict, data_dir: Path):
+        self.by_name = {im["file_name"]: im["id"] for im in coco["images"]}
+        self.truth = truth_plates(coco)
+        self.coco, self.data_dir = coco, data_dir
+        self.queue = [im["id"] for im in coco["images"]]
+        self.spoiled = False
+
+    def predict(self, images):
+        out = []
+        for _ in images:
+            image_id = self.queue.pop(0)
+            plates = []
+            for t in self.truth[image_id]:
+                text = t["text"]
+                if not self.spoiled:
+                    text, self.spoiled = text[:3] + ("1" if text[3] != "1" else "2") + text[4:], True
+                x1, y1, x2, y2 = t["bbox"]
+                plates.append({"type": t["type"], "plate": text, "bbox": list(t["bbox"]), "score": 1.0, "valid": True})
+            if not self.truth[image_id]:
+                plates.append({"type": "l_board", "plate": "12A3456", "bbox": [1, 1, 60, 20], "score": 0.9, "valid": True})
+            dets = [Detection(CLASSES[a["category_id"] - 1], 1.0,
+                              (a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]))
+                    for a in self.coco["annotations"] if a["image_id"] == image_id]
+            out.append(ImageResult(plates=plates, detections=dets))
+        return out
+
+
+def test_evaluate_known_answer(tmp_path):
+    data = tmp_path / "data"
+    generate(data, DataSpec(n_images=10, seed=5, min_size=320, max_size=400, plate_width_min=80, plate_width_max=200,
+                            split=(0.0, 0.0, 1.0), empty_fraction=0.2), workers=1, progress=False)
+    coco = json.loads((data / "test.json").read_text())
+    n_plates = sum(len(v) for v in truth_plates(coco).values())
+    n_empty = sum(1 for v in truth_plates(coco).values() if not v)
+    assert n_plates >= 5 and n_empty >= 1
+    metrics = evaluate(Oracle(coco, data), data, tmp_path / "eval", progress=False)
+    assert metrics["plates"] == n_plates
+    assert metrics["eir"] == round((n_plates - 1) / n_plates, 4)
+    assert metrics["char_accuracy"] == round((7 * n_plates - 1) / (7 * n_plates), 4)
+    assert metrics["plate_recall"] == 1.0
+    assert metrics["plate_precision"] == round(n_plates / (n_plates + n_empty), 4)
+    assert metrics["plates_on_plate_free_images"] == n_empty
+    assert metrics["bbox_mAP"] == 1.0  # every labelled box detected exactly
+    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert saved["eir"] == metrics["eir"]
+    report = (tmp_path / "eval" / "report.html").read_text()
+    assert "data:image/png;base64," in report and "expected <b>" in report and "got <b>l_board 12A3456" in report
+
+
+def test_evaluate_real_model_and_gate(trained, data_dir, tmp_path):
+    _, pth = trained
+    out = subprocess.run([str(PLATEPIPE), "evaluate", "--model", str(pth), "--data", str(data_dir),
+                          "--out", str(tmp_path / "ev"), "--min-eir", "0.99"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1 and "gate failed: EIR" in out.stderr  # four iterations read nothing yet
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["images"] == 3
+    ok = subprocess.run([str(PLATEPIPE), "evaluate", "--model", str(pth), "--data", str(data_dir),
+                         "--out", str(tmp_path / "ev2"), "--min-eir", "0"], capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_predict_good_and_bad_files(trained, data_dir, tmp_path):
+    from PIL import Image
+    _, pth = trained
+    src = sorted((data_dir / "images").iterdir())[0]
+    rgba = tmp_path / "rgba.png"
+    Image.open(src).convert("RGBA").save(rgba)
+    grey16 = tmp_path / "grey16.png"
+    Image.fromarray((np.asarray(Image.open(src).convert("L"), np.uint16) * 257)).save(grey16)
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(src.read_bytes()[:400])
+    text = tmp_path / "notes.jpg"
+    text.write_text("hello")
+    out = subprocess.run([str(PLATEPIPE), "predict", str(src), str(rgba), str(grey16), str(truncated), str(text),
+                          str(tmp_path / "missing.png"), "--model", str(pth), "--json", "--draw", str(tmp_path / "drawn")],
+                         capture_output=True, text=True, timeout=300)
+    lines = [json.loads(l) for l in out.stdout.splitlines()]
+    assert [l["image"] for l in lines] == [str(src), str(rgba), str(grey16), str(truncated), str(text),
+                                           str(tmp_path / "missing.png")]
+    assert all("response" in l for l in lines[:3])
+    assert "damaged or truncated" in lines[3]["error"]
+    assert "not an image" in lines[4]["error"]
+    assert "no such file" in lines[5]["error"]
+    assert out.returncode == 1  # some files failed
+    assert len(list((tmp_path / "drawn").iterdir())) == 3
