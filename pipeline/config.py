@@ -1,15 +1,29 @@
 """Configuration: configs/default.yaml, a user's file on top, then --set overrides, into typed objects.
 
-One generic validator walks the dataclasses below by their type hints, so the YAML and the classes cannot
-drift apart silently: an unknown key, a missing default or a wrong type fails with the key path.
+    cfg = load_config("mine.yaml", ["train.max_iters=500", "gcs.bucket=my-bucket"])
+    cfg.train.max_iters        # 500
+    print(dump_config(cfg))    # the effective configuration as YAML (loads back to an equal Config)
+
+One generic validator walks the dataclasses below by their type hints (int, float, bool, str, Optional,
+Literal, list[...], dict[..., ...]), so the YAML and the classes cannot drift apart silently: an unknown
+key, a missing default or a wrong type fails with the key path. Range and format checks live in each
+section's `check()`, which runs on construction (also for `dataclasses.replace`). Every problem is a
+`ConfigError` (a ValueError) whose message starts with the key path, e.g.
+`train.max_itres: unknown key (did you mean 'max_iters'?)`.
+
+Merging: the user's file and --set change only the settings they name; a setting whose value is a mapping
+(kfp.node_selector) is replaced as a whole by a file, while `--set kfp.node_selector.pool=gpu` sets one entry.
+YAML is read as PyYAML's YAML 1.1 with two fixes: `1e-3` is a number (as in YAML 1.2), and a key given twice
+in one mapping is an error instead of silently keeping the last.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal, Optional, Sequence, Union
@@ -18,11 +32,21 @@ import yaml
 
 
 class ConfigError(ValueError):
-    """A configuration problem; the message names the key path and what is expected."""
+    """A configuration problem; the message names the key path, what is wrong and what is expected."""
+
+
+class _Section:
+    """Base of the section dataclasses: runs the section's range checks whenever one is built."""
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Range and format checks that the type hints cannot express; raise ConfigError."""
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(_Section):
     source: str
     format: Literal["auto", "coco", "labelme"]
     n_images: int
@@ -38,25 +62,32 @@ class DataConfig:
     out_dir: Optional[str]
 
     def check(self) -> None:
+        _not_empty(self, "source")
         _positive(self, "n_images", "min_size", "max_size", "plate_width_min", "plate_width_max")
+        _between(self, "seed", 0, 2**32 - 1)
         _ordered(self, "min_size", "max_size")
         _ordered(self, "plate_width_min", "plate_width_max")
         for name in ("split_train", "split_val", "split_test"):
             _between(self, name, 0.0, 1.0)
         total = self.split_train + self.split_val + self.split_test
         if abs(total - 1) > 1e-6:
-            raise ConfigError(f"data.split_train + split_val + split_test must be 1, got {total:g}")
+            raise ConfigError(f"data.split_train + split_val + split_test must be 1, got {total:g} "
+                              f"({self.split_train:g} + {self.split_val:g} + {self.split_test:g}); "
+                              f"change them so they add up to 1")
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    preset: Literal["quick", "full"]
+class ModelConfig(_Section):
+    preset: Literal["quick", "full", "tiny"]  # tiny: tests only (configs/model PRESETS)
     pretrained: Optional[str]
     device: Literal["auto", "cpu", "cuda"]
 
+    def check(self) -> None:
+        _not_empty(self, "pretrained")
+
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(_Section):
     max_iters: Optional[int]
     batch_size: Optional[int]
     lr: Optional[float]
@@ -68,11 +99,12 @@ class TrainConfig:
 
     def check(self) -> None:
         _positive(self, "max_iters", "batch_size", "lr", "val_interval", "time_budget_min")
+        _between(self, "seed", 0, 2**32 - 1)
         _between(self, "workers", 0, 64)
 
 
 @dataclass(frozen=True)
-class EvaluateConfig:
+class EvaluateConfig(_Section):
     min_eir: float
     score_threshold: float
     iou_threshold: float
@@ -85,7 +117,7 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
-class ServingConfig:
+class ServingConfig(_Section):
     model_name: str
     inference_port: int
     management_port: int
@@ -100,26 +132,46 @@ class ServingConfig:
     gpus: Optional[int]
 
     def check(self) -> None:
-        for name in ("inference_port", "management_port", "metrics_port"):
+        _matches(self, "model_name", r"[A-Za-z0-9][A-Za-z0-9_.-]*", "letters, digits, '_', '.' and '-' only")
+        ports = ("inference_port", "management_port", "metrics_port")
+        seen: dict[int, str] = {}
+        for name in ports:
             _between(self, name, 1, 65535)
-        ports = [self.inference_port, self.management_port, self.metrics_port]
-        if len(set(ports)) != 3:
-            raise ConfigError(f"serving: inference, management and metrics ports must differ, got {ports}")
+            port = getattr(self, name)
+            if port == 8080:
+                raise ConfigError(f"serving.{name}: 8080 is taken by KServe's model server wrapper in the "
+                                  f"serving container; use another port (the default inference port is 8085)")
+            if port in seen:
+                raise ConfigError(f"serving.{name}: port {port} is already serving.{seen[port]}; "
+                                  f"the inference, management and metrics ports must differ")
+            seen[port] = name
+        _not_empty(self, "bind_address")
         _positive(self, "workers_per_model", "batch_size", "response_timeout_s", "max_request_size_mb")
         _between(self, "max_batch_delay_ms", 0, 60000)
         _between(self, "gpus", 0, 64)
 
 
 @dataclass(frozen=True)
-class GcsConfig:
+class GcsConfig(_Section):
     bucket: Optional[str]
     prefix: str
     version: Optional[str]
     credentials_env: str
 
+    def check(self) -> None:
+        if self.bucket is not None:
+            if self.bucket.startswith("gs://") or "/" in self.bucket:
+                raise ConfigError(f"gcs.bucket: give the bucket name only (got {self.bucket!r}); "
+                                  f"put folders in gcs.prefix")
+            _matches(self, "bucket", r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]",
+                     "a GCS bucket name: 3-222 lowercase letters, digits, '-', '_' and '.'")
+        _not_empty(self, "version")
+        _matches(self, "credentials_env", r"[A-Za-z_][A-Za-z0-9_]*",
+                 "the NAME of an environment variable (e.g. GOOGLE_APPLICATION_CREDENTIALS), not a path or key")
+
 
 @dataclass(frozen=True)
-class DeployConfig:
+class DeployConfig(_Section):
     name: str
     namespace: str
     protocol: Literal["v1", "v2"]
@@ -136,14 +188,26 @@ class DeployConfig:
     ingress_port: Optional[int]
 
     def check(self) -> None:
+        _matches(self, "name", r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?",
+                 "a Kubernetes name: lowercase letters, digits and '-', starting with a letter, at most 63")
+        _matches(self, "namespace", r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?",
+                 "a Kubernetes namespace: lowercase letters, digits and '-', at most 63")
+        _not_empty(self, "image")
+        _not_empty(self, "service_account")
         _between(self, "gpu", 0, 16)
+        for kind in ("cpu", "memory"):
+            request, limit = f"{kind}_request", f"{kind}_limit"
+            if _quantity(self, request) > _quantity(self, limit):
+                raise ConfigError(f"deploy.{request} ({getattr(self, request)}) must not exceed "
+                                  f"deploy.{limit} ({getattr(self, limit)})")
         _between(self, "canary_percent", 0, 100)
         _positive(self, "timeout_s")
+        _not_empty(self, "ingress_host")
         _between(self, "ingress_port", 1, 65535)
 
 
 @dataclass(frozen=True)
-class SmokeConfig:
+class SmokeConfig(_Section):
     n_images: int
     protocol: Optional[Literal["original", "v1", "v2"]]
     user_images: Optional[str]
@@ -151,10 +215,14 @@ class SmokeConfig:
 
     def check(self) -> None:
         _positive(self, "n_images", "timeout_s")
+        _not_empty(self, "user_images")
+
+
+_TOLERATION_KEYS = ("key", "operator", "value", "effect", "tolerationSeconds")
 
 
 @dataclass(frozen=True)
-class KfpConfig:
+class KfpConfig(_Section):
     host: Optional[str]
     image: str
     experiment: str
@@ -169,6 +237,19 @@ class KfpConfig:
     caching: bool
 
     def check(self) -> None:
+        for name in ("host", "image", "experiment", "pipeline_name", "gpu_type", "accelerator_type", "pvc",
+                     "gcs_secret"):
+            _not_empty(self, name)
+        for i, toleration in enumerate(self.tolerations):
+            path = f"kfp.tolerations[{i}]"
+            for key in toleration:
+                if key not in _TOLERATION_KEYS:
+                    raise ConfigError(f"{path}.{key}: unknown key{_did_you_mean(key, _TOLERATION_KEYS)}")
+            if toleration.get("operator", "Equal") not in ("Equal", "Exists"):
+                raise ConfigError(f"{path}.operator: expected one of Equal, Exists, got {toleration['operator']!r}")
+            if toleration.get("effect") not in (None, "NoSchedule", "PreferNoSchedule", "NoExecute"):
+                raise ConfigError(f"{path}.effect: expected one of NoSchedule, PreferNoSchedule, NoExecute, "
+                                  f"got {toleration['effect']!r}")
         _between(self, "retries", 0, 10)
 
 
@@ -212,20 +293,57 @@ def _ordered(obj: Any, low: str, high: str) -> None:
                           f"{_section(obj)}.{high} ({getattr(obj, high)})")
 
 
+def _not_empty(obj: Any, name: str) -> None:
+    value = getattr(obj, name)
+    if isinstance(value, str) and not value.strip():
+        null = " (use null for none)" if _allows_none(type(obj), name) else ""
+        raise ConfigError(f"{_section(obj)}.{name}: must not be empty{null}")
+
+
+def _matches(obj: Any, name: str, pattern: str, what: str) -> None:
+    value = getattr(obj, name)
+    if value is not None and not re.fullmatch(pattern, value):
+        raise ConfigError(f"{_section(obj)}.{name}: expected {what}, got {value!r}")
+
+
+_QUANTITY = re.compile(r"(\d+(?:\.\d+)?|\.\d+)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?")
+_SUFFIX = {None: 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
+           "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+
+
+def _quantity(obj: Any, name: str) -> float:
+    """A Kubernetes resource quantity ("500m", "4", "8Gi") as a number."""
+    text = getattr(obj, name)
+    match = _QUANTITY.fullmatch(text)
+    if not match:
+        example = "1, 500m" if name.startswith("cpu") else "8Gi, 512Mi"
+        raise ConfigError(f"{_section(obj)}.{name}: expected a Kubernetes quantity (e.g. {example}), got {text!r}")
+    return float(match.group(1)) * _SUFFIX[match.group(2)]
+
+
+def _allows_none(cls: type, name: str) -> bool:
+    return type(None) in typing.get_args(typing.get_type_hints(cls)[name])
+
+
+def _did_you_mean(key: Any, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(str(key), list(known), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(known)})"
+
+# ---------------------------------------------------------------------------------------------- the validator
+
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
-    if origin is Union:
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return " or ".join(_type_name(a) for a in args) + " or null"
     if origin is Literal:
         return "one of " + ", ".join(str(a) for a in typing.get_args(tp))
-    if origin in (list, dict):
-        return str(tp).replace("typing.", "")
+    if origin is list:
+        return "a list"
+    if origin is dict:
+        return "a mapping"
     return getattr(tp, "__name__", str(tp))
 
 
 def _convert(value: Any, tp: Any, path: str) -> Any:
-    """Check value against the type hint tp (and build nested dataclasses); return the typed value."""
+    """Check value against the type hint tp (building nested dataclasses); return the typed value."""
     origin = typing.get_origin(tp)
     if origin is Union:
         args = typing.get_args(tp)
@@ -233,16 +351,20 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         if len(inner) != 1:
-            return value
+            raise TypeError(f"{path}: only Optional[X] unions are supported, got {tp}")
         try:
             return _convert(value, inner[0], path)
         except ConfigError as exc:
-            if str(exc).startswith(f"{path}: expected ") and typing.get_origin(inner[0]) is None:
-                raise ConfigError(f"{path}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}") from None
+            if type(None) in args and str(exc).startswith(f"{path}: expected "):
+                raise ConfigError(f"{exc} (null is also allowed)") from None
             raise
     if origin is Literal:
-        if value not in typing.get_args(tp):
-            raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
+        choices = typing.get_args(tp)
+        if isinstance(value, bool) or value not in choices:
+            names = {str(c).lower(): str(c) for c in choices}
+            close = difflib.get_close_matches(str(value).lower(), list(names), n=1)
+            hint = f" (did you mean '{names[close[0]]}'?)" if close else ""
+            raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}{hint}")
         return value
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, path)
@@ -259,10 +381,10 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
     if tp is Any:
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        return float(value)  # "lr: 1" means 1.0
     if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)  # "cpu_limit: 4" means "4"
-    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+    if not isinstance(value, tp) or (tp in (int, float) and isinstance(value, bool)):
         raise ConfigError(f"{path}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
     return value
 
@@ -273,75 +395,130 @@ def _build(cls: type, raw: Any, path: str) -> Any:
     hints = typing.get_type_hints(cls)
     for key in raw:
         if key not in hints:
-            close = difflib.get_close_matches(str(key), list(hints), n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(hints)})"
-            raise ConfigError(f"{_join(path, key)}: unknown key{hint}")
+            raise ConfigError(f"{_join(path, key)}: unknown key{_did_you_mean(key, list(hints))}")
     missing = [k for k in hints if k not in raw]
     if missing:
         raise ConfigError(f"{_join(path, missing[0])}: missing (every setting needs a value; see configs/default.yaml)")
-    obj = cls(**{k: _convert(raw[k], hints[k], _join(path, k)) for k in hints})
-    check = getattr(obj, "check", None)
-    if check:
-        check()
-    return obj
+    return cls(**{k: _convert(raw[k], hints[k], _join(path, k)) for k in hints})
 
 
 def _join(path: str, key: Any) -> str:
     return f"{path}.{key}" if path else str(key)
 
+# ---------------------------------------------------------------------------------------------- YAML
+
+# PyYAML follows YAML 1.1, where 1e-3 (no dot) is a string; read and write it as a number, as YAML 1.2 does.
+_EXP_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+
+
+class _Loader(yaml.SafeLoader):
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line)
+            except TypeError:
+                continue  # unhashable key: the base class reports it
+            if first != key_node.start_mark.line:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first given at line {first + 1})", key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+for _cls in (_Loader, _Dumper):
+    _cls.add_implicit_resolver("tag:yaml.org,2002:float", _EXP_FLOAT, list("-+0123456789."))
+
+
+def _parse_yaml(text: str, where: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{where}: not valid YAML{at}: {getattr(exc, 'problem', None) or exc}") from None
+
+
+def _read_yaml(path: Path) -> Any:
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    if not path.is_file():
+        raise ConfigError(f"config file is not a file: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a YAML text file (it is not UTF-8)") from None
+    return _parse_yaml(text, str(path))
 
 # ---------------------------------------------------------------------------------------------- loading
 
 def default_config_path() -> Path:
+    """configs/default.yaml, found through the installed `configs` package."""
     return Path(str(files("configs") / "default.yaml"))
 
 
-def _read_yaml(path: Path) -> Any:
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        return yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from exc
+def _defaults() -> dict:
+    return _parse_yaml((files("configs") / "default.yaml").read_text(encoding="utf-8"), "configs/default.yaml")
 
 
 def _merge(base: dict, top: dict) -> dict:
-    """Sections merge key by key; a setting's value (even a mapping such as node_selector) is replaced."""
+    """Sections merge key by key; a setting's value (even a mapping such as node_selector) is replaced.
+    An empty section (`train:` with every line below it commented out) changes nothing."""
     out = dict(base)
     for key, value in top.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict) and key in SECTIONS:
-            out[key] = {**base[key], **value}
+        if key in SECTIONS and isinstance(base.get(key), dict) and (value is None or isinstance(value, dict)):
+            out[key] = {**base[key], **(value or {})}
         else:
             out[key] = value
     return out
 
 
 def _apply_override(raw: dict, text: str) -> dict:
-    if "=" not in text:
-        raise ConfigError(f"--set {text}: expected KEY=VALUE, e.g. --set train.max_iters=500")
-    key, _, value_text = text.partition("=")
-    keys = key.strip().split(".")
-    if not all(keys):
+    """`a.b=VALUE` with VALUE read as YAML (500 -> int, null -> None, {k: v} -> dict); deeper keys such as
+    kfp.node_selector.pool=gpu set one entry of a mapping."""
+    key, eq, value_text = text.partition("=")
+    key = key.strip()
+    if not eq:
+        raise ConfigError(f"--set {key}: expected KEY=VALUE, e.g. --set train.max_iters=500")
+    keys = key.split(".")
+    if not all(k.strip() for k in keys):
         raise ConfigError(f"--set {text}: expected KEY=VALUE with a dotted key such as train.max_iters")
-    try:
-        value = yaml.safe_load(value_text) if value_text.strip() else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {key}: value {value_text!r} is not valid YAML ({exc})") from exc
-    nested: Any = value
-    for k in reversed(keys):
-        nested = {k: nested}
-    return _merge(raw, nested)
+    keys = [k.strip() for k in keys]
+    value = _parse_yaml(value_text, f"--set {key}") if value_text.strip() else ""
+    out = dict(raw)
+    node = out
+    for depth, k in enumerate(keys[:-1]):
+        child = node.get(k)
+        if k not in node or (depth == 0 and child is None):
+            child = {}  # an unknown name is reported, with a suggestion, when the result is checked
+        elif not isinstance(child, dict):
+            parent = ".".join(keys[:depth + 1])
+            raise ConfigError(f"--set {key}: {parent} is a single value ({child!r}), not a mapping; "
+                              f"use --set {parent}=VALUE")
+        node[k] = child = dict(child)
+        node = child
+    node[keys[-1]] = value
+    return out
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
-    """Defaults, then the user's YAML file (only the keys it changes), then KEY=VALUE overrides."""
-    raw = _read_yaml(default_config_path())
+    """Defaults, then the user's YAML file (only the keys it changes), then KEY=VALUE overrides, in order."""
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    raw = _defaults()
     if path is not None:
         user = _read_yaml(Path(path))
+        if user is None:
+            user = {}  # an empty file (or only comments) changes nothing
         if not isinstance(user, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections (data:, train:, ...), got {type(user).__name__}")
+            raise ConfigError(f"{path}: expected a mapping of sections (data:, train:, ...) at the top level, "
+                              f"got {type(user).__name__}")
         raw = _merge(raw, user)
     for text in overrides:
         raw = _apply_override(raw, text)
@@ -349,8 +526,11 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
 
 
 def config_to_dict(cfg: Config) -> dict:
+    """Plain nested dicts and lists (a deep copy): what default.yaml looks like."""
     return dataclasses.asdict(cfg)
 
 
 def dump_config(cfg: Config) -> str:
-    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+    """The configuration as YAML; load_config of it gives an equal Config."""
+    return yaml.dump(config_to_dict(cfg), Dumper=_Dumper, sort_keys=False, default_flow_style=False,
+                     allow_unicode=True)
