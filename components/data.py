@@ -246,12 +246,13 @@ def procedural_background(rng: np.random.Generator, w: int, h: int) -> np.ndarra
             cv2.ellipse(img, box, colour, -1)
         else:
             cv2.line(img, (x1, y1), (x2, y2), colour, int(rng.integers(1, 8)), cv2.LINE_AA)
+    img = np.clip(img, 0, 255).astype(np.uint8)  # OpenCV 5 draws text on 8-bit images only
     for _ in range(int(rng.integers(0, 4))):  # text that is not a plate
         s = "".join(rng.choice(list(DISTRACTOR_CHARS), size=int(rng.integers(2, 7))))
         scale = rng.uniform(0.4, 2.0)
         cv2.putText(img, s, (int(rng.integers(0, w)), int(rng.integers(10, h))), HERSHEY_FONTS[rng.integers(4)],
-                    scale, tuple(float(c) for c in rng.uniform(0, 255, 3)), int(rng.integers(1, 4)), cv2.LINE_AA)
-    return np.clip(img, 0, 255).astype(np.uint8)
+                    scale, tuple(int(c) for c in rng.uniform(0, 255, 3)), int(rng.integers(1, 4)), cv2.LINE_AA)
+    return img
 
 
 @lru_cache(maxsize=1)

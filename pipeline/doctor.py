@@ -54,6 +54,20 @@ def check_mmdet() -> str:
     return _version("mmdet.models", "mmdet")
 
 
+def check_opencv() -> str:
+    """OpenCV 4, the headless build: mmengine also pulls opencv-python, and both write the cv2 folder."""
+    import cv2
+    import numpy as np
+    if not cv2.__version__.startswith("4."):
+        raise RuntimeError(f"OpenCV {cv2.__version__} is active; platepipe needs 4.x: run `make setup` again "
+                           "(it pins opencv-python and opencv-python-headless below 5)")
+    img = np.zeros((20, 60, 3), np.uint8)
+    cv2.putText(img, "12", (2, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1)
+    if not img.any():
+        raise RuntimeError("cv2.putText drew nothing: the OpenCV install is broken; run `make setup` again")
+    return cv2.__version__
+
+
 def check_java() -> str:
     java = shutil.which("java")
     if not java:
@@ -68,6 +82,7 @@ def check_java() -> str:
 
 CHECKS: list[tuple[str, Callable[[], str], bool]] = [
     ("torch", check_torch, True),
+    ("opencv", check_opencv, True),
     ("mmengine", lambda: _version("mmengine"), True),
     ("mmcv", check_mmcv_ops, True),
     ("mmdet", check_mmdet, True),

@@ -36,6 +36,11 @@ main() {
   VPY=$VENV/bin/python
   # pip, minus the warnings some machines' pip configuration prints for every package
   pip_quiet() { "$VPY" -m pip "$@" -q 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
+  # mmengine asks for opencv-python, platepipe for the headless build: both share the cv2 folder, so both
+  # are held to OpenCV 4 everywhere (5.x changed drawing and dtype rules) and the headless one installed last.
+  CONSTRAINTS=$VENV/platepipe-constraints.txt
+  printf '%s\n' "opencv-python>=4.8,<5" "opencv-python-headless>=4.8,<5" > "$CONSTRAINTS"
+  export PIP_CONSTRAINT=$CONSTRAINTS
   PIP=(pip_quiet install)
 
   say "installing build tools and torch $TORCH_VERSION"
@@ -74,6 +79,8 @@ main() {
 
   say "installing platepipe and its dependencies"
   "${PIP[@]}" -e "$ROOT[test]"
+  HEADLESS=$("$VPY" -c 'from importlib.metadata import version; print(version("opencv-python-headless"))')
+  "${PIP[@]}" --force-reinstall --no-deps "opencv-python-headless==$HEADLESS"
 
   say "checking the set-up"
   "$VENV/bin/platepipe" doctor || die "the set-up check failed (see above)"
