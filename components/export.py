@@ -17,9 +17,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from serving.labels import CLASSES, LETTERS, MAIN_PATTERN, SUB_PATTERN
+from serving.reader import FORMAT, STAGES, load_pipeline
 
-FORMAT = "platepipe.pipeline/1"
-STAGES = ("detector", "reader")
 
 
 def _versions() -> dict:
@@ -88,31 +87,6 @@ class _full_load:
             os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
         else:
             os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = self.old
-
-
-def load_pipeline(path: str | Path) -> dict:
-    """Read and check a pipeline.pth with the safe loader; clear errors for files that are not one."""
-    import pickle
-
-    import torch
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"model file not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
-        raise ValueError(f"{path} is not a loadable pipeline.pth ({str(exc).splitlines()[0]}): "
-                         "export one with `platepipe train` or point --model at the right file") from exc
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a platepipe pipeline.pth (format {payload.get('format') if isinstance(payload, dict) else type(payload).__name__!r}, "
-                         f"expected {FORMAT}): export one with `platepipe train`")
-    if payload["classes"] != list(CLASSES):
-        raise ValueError(f"{path} was trained with classes {payload['classes']}, this platepipe expects {list(CLASSES)}")
-    for stage in STAGES:
-        if stage not in payload or "config" not in payload[stage] or "state_dict" not in payload[stage]:
-            raise ValueError(f"{path} lacks the {stage} stage: re-export it with `platepipe train`")
-    return payload
 
 
 def fetch(source: str, out_dir: str | Path) -> Path:

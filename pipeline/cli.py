@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import warnings
@@ -75,6 +76,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help='one JSON line per image: {"image": ..., "response": [...]}')
     p.add_argument("--draw", metavar="DIR", help="write each image with its plates drawn to DIR")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("archive", parents=[common], help="pack pipeline.pth into a TorchServe .mar + config",
+                       description="Run torch-model-archiver with our handler and write OUT/model-store/<name>.mar and "
+                                   "OUT/config/config.properties: the layout KServe's pytorch predictor mounts.")
+    p.add_argument("--model", required=True, metavar="PATH", help="pipeline.pth")
+    p.add_argument("--out", required=True, metavar="DIR", help="new (or empty) folder for the layout")
+    p.add_argument("--version", default="1.0", help="model version inside the .mar (1.0)")
+    p.set_defaults(func=cmd_archive)
+
+    p = sub.add_parser("serve", parents=[common], help="serve an archive layout with a local TorchServe",
+                       description="Start TorchServe on 127.0.0.1 over DIR (from platepipe archive), wait until the "
+                                   "model is READY and print its URLs. Token authorisation is on unless "
+                                   "--no-token-auth. Stop it with --stop.")
+    p.add_argument("layout", nargs="?", metavar="DIR", help="folder with model-store/ and config/")
+    p.add_argument("--stop", action="store_true", help="stop the server of DIR (or every server started here)")
+    p.add_argument("--no-token-auth", action="store_true", help="serve without token authorisation (local use only)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("request", parents=[common], help="send images to a plate reader endpoint",
+                       description="Post images (base64 JSON) to TorchServe or KServe and print the plates. "
+                                   "Images too large for the server's limit are shrunk; 503 is retried.")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--url", required=True, help="endpoint base URL, e.g. http://127.0.0.1:8085")
+    p.add_argument("--protocol", choices=["original", "v1", "v2"], default="original")
+    p.add_argument("--model-name", default=None, help="model name in the URL (default: serving.model_name)")
+    p.add_argument("--token", help="bearer token (TorchServe token auth)")
+    p.add_argument("--token-file", metavar="FILE", help="TorchServe key_file.json to take the inference key from")
+    p.add_argument("--host", help="Host header (KServe behind an ingress gateway)")
+    p.add_argument("--max-mb", type=float, default=6.0, help="largest request to send, MB (6)")
+    p.add_argument("--json", action="store_true", help="JSON lines instead of framed plates")
+    p.set_defaults(func=cmd_request)
 
     p = sub.add_parser("run", parents=[common], help="run the whole pipeline",
                        description="Run the pipeline's steps one after another and print a summary.")
@@ -191,6 +223,79 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_archive(args: argparse.Namespace) -> int:
+    from components.archive import ServingSpec, archive
+    cfg = _load(args)
+    spec = ServingSpec.from_config(cfg.serving, bind_address="0.0.0.0", token_auth=False)
+    out = archive(args.model, args.out, spec, version=args.version)
+    print(f"wrote {out / 'model-store' / (spec.model_name + '.mar')} and {out / 'config' / 'config.properties'}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from serving import server
+    served = Path(_state_home()) / "served.json"
+    known = json.loads(served.read_text()) if served.exists() else []
+    if args.stop:
+        layouts = [args.layout] if args.layout else known
+        stopped = [l for l in layouts if server.stop(l)]
+        served.write_text(json.dumps([l for l in known if l not in stopped]))
+        print(f"stopped TorchServe on {', '.join(stopped)}" if stopped else "no TorchServe of ours was running")
+        return 0
+    if not args.layout:
+        raise ValueError("serve needs DIR (a folder made by platepipe archive), or --stop")
+    s = _load(args).serving
+    token_auth = s.token_auth and not args.no_token_auth
+    if not token_auth:
+        print("WARNING: token authorisation is OFF: anyone who can reach these ports can use and manage the model",
+              file=sys.stderr)
+    srv = server.start(args.layout, inference_port=s.inference_port, management_port=s.management_port,
+                       metrics_port=s.metrics_port, token_auth=token_auth)
+    layout = str(Path(args.layout).resolve())
+    served.parent.mkdir(parents=True, exist_ok=True)
+    served.write_text(json.dumps(sorted(set(known) | {layout})))
+    print(f"TorchServe is serving {srv.model_name} (READY)")
+    print(f"  inference   {srv.inference_url}/predictions/{srv.model_name}  "
+          f"(KServe v1: /v1/models/{srv.model_name}:predict, v2: /v2/models/{srv.model_name}/infer)")
+    print(f"  management  {srv.management_url}/models/{srv.model_name}")
+    print(f"  metrics     {srv.metrics_url}/metrics")
+    if srv.token_auth:
+        print(f"  token auth  on: send 'Authorization: Bearer {srv.keys['inference']}' "
+              f"(keys in {srv.state_dir / 'key_file.json'}; `platepipe request --token-file` reads it)")
+    print(f"stop it with: platepipe serve --stop {layout}")
+    return 0
+
+
+def _state_home() -> str:
+    return os.environ.get("PLATEPIPE_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or
+                                                            os.path.expanduser("~/.cache"), "platepipe")
+
+
+def cmd_request(args: argparse.Namespace) -> int:
+    from serving import client
+    from serving.plates import format_plate
+    cfg = _load(args)
+    token = args.token
+    if args.token_file:
+        token = json.loads(Path(args.token_file).read_text())["inference"]["key"]
+    endpoint = client.Endpoint(args.url, model=args.model_name or cfg.serving.model_name, protocol=args.protocol,
+                               token=token, host=args.host)
+    max_bytes = int(args.max_mb * 1024 * 1024)
+    failed = 0
+    for path in args.images:
+        try:
+            plates = client.request(endpoint, [Path(path).read_bytes()], max_bytes=max_bytes)[0]
+        except (client.ClientError, OSError) as exc:
+            failed += 1
+            print(json.dumps({"image": path, "error": str(exc)}) if args.json else f"{path}: error: {exc}")
+            continue
+        if args.json:
+            print(json.dumps({"image": path, "response": plates}))
+        else:
+            print(f"{path}: {len(plates)} plate(s)" + "".join("\n" + format_plate(p) for p in plates))
+    return 1 if failed else 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.local_run import run_local
     return run_local(_load(args), args.out)
@@ -227,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
-    except (ConfigError, ValueError, FileExistsError, FileNotFoundError, OSError) as exc:
+    except (ConfigError, ValueError, FileExistsError, FileNotFoundError, OSError, RuntimeError) as exc:
         print(f"platepipe {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

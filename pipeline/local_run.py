@@ -1,7 +1,7 @@
 """`platepipe run --local`: the pipeline's steps on this machine, with a live step list and a summary.
 
-Only the steps built so far run; the rest of the pipeline (train, evaluate, export, archive, upload,
-deploy, smoke test) joins as it lands.
+Only the steps built so far run (data, train or fetch + export, evaluate); the rest of the pipeline
+(archive, upload, deploy, smoke test) joins as it lands.
 """
 
 from __future__ import annotations
@@ -61,7 +61,28 @@ def run_local(cfg: Config, out: str | None = None) -> int:
     def make_preview() -> str:
         return str(data.preview(data_dir, run_dir / "data-preview.png"))
 
-    steps = [Step("data", make_data), Step("data preview", make_preview)]
+    train_dir, eval_dir = run_dir / "train", run_dir / "evaluate"
+    metrics: dict = {}
+
+    def make_model() -> str:
+        from components import export, train
+        if cfg.model.pretrained:
+            return f"fetched {export.fetch(cfg.model.pretrained, train_dir)}"
+        return f"exported {train.train(data_dir, train_dir, train.TrainSpec.from_config(cfg))}"
+
+    def make_evaluation() -> str:
+        from components.evaluate import evaluate
+        ev = cfg.evaluate
+        metrics.update(evaluate(train_dir / "pipeline.pth", data_dir, eval_dir, score_threshold=ev.score_threshold,
+                                iou_threshold=ev.iou_threshold, report_worst=ev.report_worst))
+        line = (f"EIR {metrics['eir']:.4f} (gate {ev.min_eir}), mAP {metrics['bbox_mAP']:.4f}, "
+                f"report {eval_dir / 'report.html'}")
+        if metrics["eir"] < ev.min_eir:
+            raise RuntimeError(f"gate failed: {line}")
+        return line
+
+    steps = [Step("data", make_data), Step("data preview", make_preview), Step("train", make_model),
+             Step("evaluate", make_evaluation)]
     print(f"platepipe local run in {run_dir}")
     ok = run_steps(steps)
     print("\nsummary")

@@ -12,7 +12,11 @@ from pathlib import Path
 import numpy as np
 
 from serving.crops import crop_plate, to_image
+from serving.labels import CLASSES
 from serving.plates import Detection, decode
+
+FORMAT = "platepipe.pipeline/1"
+STAGES = ("detector", "reader")
 
 
 @dataclass
@@ -49,8 +53,6 @@ class PlateReader:
     @classmethod
     def from_file(cls, path: str | Path, device: str = "auto", **kwargs) -> "PlateReader":
         import torch
-
-        from components.export import load_pipeline
 
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -129,3 +131,27 @@ def _drop_duplicates(plates: list[dict]) -> list[dict]:
         if all(iou(p["bbox"], k["bbox"]) <= 0.5 for k in kept):
             kept.append(p)
     return kept
+
+
+def load_pipeline(path: str | Path) -> dict:
+    """Read and check a pipeline.pth with the safe loader; clear errors for files that are not one."""
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any failure of the safe loader means "not a file we can use"
+        raise ValueError(f"{path} is not a loadable pipeline.pth ({str(exc).splitlines()[0]}): "
+                         "export one with `platepipe train` or point --model at the right file") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a platepipe pipeline.pth (format {payload.get('format') if isinstance(payload, dict) else type(payload).__name__!r}, "
+                         f"expected {FORMAT}): export one with `platepipe train`")
+    if payload["classes"] != list(CLASSES):
+        raise ValueError(f"{path} was trained with classes {payload['classes']}, this platepipe expects {list(CLASSES)}")
+    for stage in STAGES:
+        if stage not in payload or "config" not in payload[stage] or "state_dict" not in payload[stage]:
+            raise ValueError(f"{path} lacks the {stage} stage: re-export it with `platepipe train`")
+    return payload

@@ -1,0 +1,104 @@
+"""Archive step: pipeline.pth + our handler -> model-store/pipeline.mar, and config/config.properties.
+
+    OUT/model-store/pipeline.mar
+    OUT/config/config.properties
+
+the layout KServe's pytorch predictor mounts at /mnt/models. The .mar carries its own copy of the
+serving package, so the handler runs the code it was archived with.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+
+SERVING_MODULES = ("__init__.py", "labels.py", "plates.py", "crops.py", "images.py", "reader.py")
+
+
+@dataclass(frozen=True)
+class ServingSpec:
+    """What config.properties says; from the `serving` section of the run configuration."""
+
+    model_name: str = "pipeline"
+    inference_port: int = 8085
+    management_port: int = 8081
+    metrics_port: int = 8082
+    bind_address: str = "0.0.0.0"
+    workers_per_model: int = 1
+    batch_size: int = 4
+    max_batch_delay_ms: int = 50
+    response_timeout_s: int = 120
+    max_request_size_mb: int = 16
+    token_auth: bool = False  # in the cluster the endpoint sits behind KServe's ingress
+    gpus: int | None = None
+    model_store: str = "/mnt/models/model-store"
+
+    @classmethod
+    def from_config(cls, serving, **changes) -> "ServingSpec":
+        fields = {k: getattr(serving, k) for k in cls.__dataclass_fields__ if hasattr(serving, k)}
+        fields.update(changes)
+        return cls(**fields)
+
+
+def config_properties(spec: ServingSpec) -> str:
+    snapshot = {"name": "startup.cfg", "modelCount": 1, "models": {spec.model_name: {"1.0": {
+        "defaultVersion": True, "marName": f"{spec.model_name}.mar", "minWorkers": spec.workers_per_model,
+        "maxWorkers": spec.workers_per_model, "batchSize": spec.batch_size, "maxBatchDelay": spec.max_batch_delay_ms,
+        "responseTimeout": spec.response_timeout_s}}}}
+    template = (files("configs") / "config.properties").read_text()
+    return template.format(
+        bind_address=spec.bind_address, inference_port=spec.inference_port, management_port=spec.management_port,
+        metrics_port=spec.metrics_port, grpc_inference_port=spec.inference_port + 1000 - 15,
+        grpc_management_port=spec.inference_port + 1000 - 14, workers=spec.workers_per_model,
+        response_timeout=spec.response_timeout_s, max_request_size=spec.max_request_size_mb * 1024 * 1024,
+        number_of_gpu_line="" if spec.gpus is None else f"number_of_gpu={spec.gpus}\n",
+        disable_token_authorization=str(not spec.token_auth).lower(), model_store=spec.model_store,
+        model_snapshot=json.dumps(snapshot, separators=(",", ":")))
+
+
+def properties_keys(text: str) -> list[str]:
+    return [line.split("=", 1)[0].strip() for line in text.splitlines()
+            if line.strip() and not line.lstrip().startswith("#") and "=" in line]
+
+
+def archive(model: str | Path, out_dir: str | Path, spec: ServingSpec = ServingSpec(), version: str = "1.0") -> Path:
+    """Write OUT/model-store/<name>.mar and OUT/config/config.properties; return OUT."""
+    from serving.reader import load_pipeline
+
+    model, out_dir = Path(model), Path(out_dir)
+    load_pipeline(model)  # refuse anything serving could not load
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise FileExistsError(f"{out_dir} exists and is not empty: choose a new --out folder or delete it")
+    archiver = shutil.which("torch-model-archiver", path=str(Path(sys.executable).parent)) or shutil.which("torch-model-archiver")
+    if not archiver:
+        raise FileNotFoundError("torch-model-archiver not found: run `make setup` (it installs torch-model-archiver 0.12)")
+    serving_dir = Path(__file__).resolve().parents[1] / "serving"
+    with tempfile.TemporaryDirectory(prefix="platepipe-archive-") as tmp:
+        tmp = Path(tmp)
+        package = tmp / "extra" / "serving"
+        package.mkdir(parents=True)
+        for name in SERVING_MODULES:
+            shutil.copy2(serving_dir / name, package / name)
+        shutil.copy2(serving_dir / "handler.py", tmp / "handler.py")
+        shutil.copy2(model, tmp / "pipeline.pth")
+        stage = tmp / "out"
+        (stage / "model-store").mkdir(parents=True)
+        (stage / "config").mkdir()
+        cmd = [archiver, "--model-name", spec.model_name, "--version", version, "--handler", str(tmp / "handler.py"),
+               "--serialized-file", str(tmp / "pipeline.pth"), "--extra-files", str(tmp / "extra"),
+               "--export-path", str(stage / "model-store")]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            raise RuntimeError(f"torch-model-archiver failed ({done.returncode}): {done.stderr.strip()[-500:]}")
+        (stage / "config" / "config.properties").write_text(config_properties(spec))
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        if out_dir.exists():
+            out_dir.rmdir()
+        shutil.move(str(stage), str(out_dir))
+    return out_dir

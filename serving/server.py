@@ -1,0 +1,261 @@
+"""A local TorchServe over an archive layout (DIR/model-store/*.mar, DIR/config/config.properties),
+started the way KServe starts it, on 127.0.0.1. Used by `platepipe serve`, the local run and the tests.
+
+TorchServe keeps runtime files (.model_server.pid, sockets) in the temp dir and key_file.json in its
+working dir: each server gets its own state folder (DIR/.serve) for both, so servers never collide.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+STATE = "state.json"
+
+
+class ServeError(RuntimeError):
+    """TorchServe could not be started or reached; the message says why and what to do."""
+
+
+@dataclass
+class Server:
+    layout: Path
+    model_name: str
+    inference_url: str
+    management_url: str
+    metrics_url: str
+    state_dir: Path
+    pid: int | None = None
+    keys: dict = field(default_factory=dict)  # token auth keys ({} when token auth is off)
+
+    @property
+    def token_auth(self) -> bool:
+        return bool(self.keys)
+
+    def headers(self, api: str = "inference") -> dict:
+        return {"Authorization": f"Bearer {self.keys[api]}"} if self.keys else {}
+
+    def to_json(self) -> dict:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in self.__dict__.items()}
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _local_properties(text: str, layout: Path, ports: dict, token_auth: bool) -> str:
+    """The archive's config.properties, bound to 127.0.0.1 on the given ports, with this machine's paths."""
+    changes = {
+        "inference_address": f"http://127.0.0.1:{ports['inference']}",
+        "management_address": f"http://127.0.0.1:{ports['management']}",
+        "metrics_address": f"http://127.0.0.1:{ports['metrics']}",
+        "grpc_inference_port": str(ports["grpc_inference"]),
+        "grpc_management_port": str(ports["grpc_management"]),
+        "model_store": str(layout / "model-store"),
+        "disable_token_authorization": "false" if token_auth else "true",
+    }
+    lines, seen = [], set()
+    for line in text.splitlines():
+        key = line.split("=", 1)[0].strip()
+        if "=" in line and not line.lstrip().startswith("#") and key in changes:
+            line = f"{key}={changes[key]}"
+            seen.add(key)
+        lines.append(line)
+    lines += [f"{k}={v}" for k, v in changes.items() if k not in seen]
+    return "\n".join(lines) + "\n"
+
+
+def _model_name(layout: Path, props: str) -> str:
+    match = re.search(r'^model_snapshot=(.*)$', props, re.M)
+    if match:
+        return next(iter(json.loads(match.group(1))["models"]))
+    mars = sorted((layout / "model-store").glob("*.mar"))
+    if not mars:
+        raise ServeError(f"no .mar in {layout / 'model-store'}: make one with `platepipe archive`")
+    return mars[0].stem
+
+
+def _get(url: str, headers: dict, timeout: float = 5) -> tuple[int, str]:
+    req = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+
+
+def model_status(server: Server) -> list[str]:
+    """Worker states of the model (READY, UNLOADING, ...), from the management API."""
+    code, body = _get(f"{server.management_url}/models/{server.model_name}", server.headers("management"))
+    if code != 200:
+        return []
+    info = json.loads(body)
+    return [w.get("status", "") for entry in info for w in entry.get("workers", [])]
+
+
+def start(layout: str | Path, *, inference_port: int = 8085, management_port: int = 8081, metrics_port: int = 8082,
+          token_auth: bool = True, timeout: float = 300, echo=print, env: dict | None = None) -> Server:
+    """Start TorchServe on the layout and wait until the model's workers are READY (not just /ping)."""
+    layout = Path(layout).resolve()
+    props_file = layout / "config" / "config.properties"
+    if not props_file.is_file():
+        raise ServeError(f"{props_file} not found: point `platepipe serve` at a folder made by `platepipe archive`")
+    if not shutil.which("java"):
+        raise ServeError("java not found: TorchServe needs Java 11+ (Debian/Ubuntu: apt-get install openjdk-17-jre-headless)")
+    torchserve = shutil.which("torchserve", path=str(Path(sys.executable).parent)) or shutil.which("torchserve")
+    if not torchserve:
+        raise ServeError("torchserve not found: run `make setup`")
+    ports = {"inference": inference_port, "management": management_port, "metrics": metrics_port,
+             "grpc_inference": free_port(), "grpc_management": free_port()}
+    busy = [f"{name} port {port}" for name, port in ports.items() if not name.startswith("grpc") and not _port_free(port)]
+    if busy:
+        raise ServeError(f"{', '.join(busy)} already in use (another TorchServe?): stop it with `platepipe serve "
+                         "--stop`, or choose free ports with --set serving.inference_port=... etc.")
+    state_dir = layout / ".serve"
+    if (state_dir / STATE).exists():
+        stop(layout)
+    shutil.rmtree(state_dir, ignore_errors=True)
+    (state_dir / "tmp").mkdir(parents=True)
+    props = props_file.read_text()
+    (state_dir / "config.properties").write_text(_local_properties(props, layout, ports, token_auth))
+    server = Server(layout=layout, model_name=_model_name(layout, props),
+                    inference_url=f"http://127.0.0.1:{ports['inference']}",
+                    management_url=f"http://127.0.0.1:{ports['management']}",
+                    metrics_url=f"http://127.0.0.1:{ports['metrics']}", state_dir=state_dir)
+    env = {**_env(state_dir), **(env or {})}
+    log = open(state_dir / "torchserve.out", "wb")
+    subprocess.run([torchserve, "--start", "--ncs", "--model-store", str(layout / "model-store"),
+                    "--ts-config", str(state_dir / "config.properties")],
+                   cwd=state_dir, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=120, check=False)
+    server.pid = _read_pid(state_dir)
+    (state_dir / STATE).write_text(json.dumps(server.to_json()))
+    try:
+        _wait_ready(server, timeout, echo)
+    except BaseException:
+        stop(layout)
+        raise
+    return server
+
+
+def _env(state_dir: Path) -> dict:
+    env = dict(os.environ)
+    env.update(TMPDIR=str(state_dir / "tmp"), TEMP=str(state_dir / "tmp"), TMP=str(state_dir / "tmp"),
+               LOG_LOCATION=str(state_dir / "logs"), METRICS_LOCATION=str(state_dir / "logs"))
+    return env
+
+
+def _read_pid(state_dir: Path) -> int | None:
+    pid_file = state_dir / "tmp" / ".model_server.pid"
+    for _ in range(50):
+        if pid_file.exists() and pid_file.read_text().strip():
+            return int(pid_file.read_text().strip())
+        time.sleep(0.1)
+    return None
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _wait_ready(server: Server, timeout: float, echo) -> None:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        if not _alive(server.pid):
+            raise ServeError(f"TorchServe exited while starting; see {server.state_dir / 'logs'}")
+        key_file = server.state_dir / "key_file.json"
+        if key_file.exists() and not server.keys:
+            data = json.loads(key_file.read_text())
+            server.keys = {api: data[api]["key"] for api in ("inference", "management") if api in data}
+            (server.state_dir / STATE).write_text(json.dumps(server.to_json()))
+        try:
+            states = model_status(server)
+        except (urllib.error.URLError, OSError, json.JSONDecodeError):
+            states = []
+        if states and all(s == "READY" for s in states):
+            return
+        if states != last:
+            echo(f"  waiting for {server.model_name}: workers {states or 'not registered yet'}")
+            last = states
+        time.sleep(0.5)
+    raise ServeError(f"model {server.model_name} not READY after {timeout:.0f} s (workers {last}); "
+                     f"see {server.state_dir / 'logs' / 'model_log.log'}")
+
+
+def running(layout: str | Path) -> Server | None:
+    state = Path(layout).resolve() / ".serve" / STATE
+    if not state.exists():
+        return None
+    data = json.loads(state.read_text())
+    data["layout"], data["state_dir"] = Path(data["layout"]), Path(data["state_dir"])
+    return Server(**data)
+
+
+def stop(layout: str | Path, timeout: float = 60) -> bool:
+    """Stop the TorchServe started on this layout, its Java frontend and Python workers; True if one ran."""
+    server = running(layout)
+    if server is None:
+        return False
+    torchserve = shutil.which("torchserve", path=str(Path(sys.executable).parent)) or shutil.which("torchserve")
+    if torchserve and _alive(server.pid):
+        subprocess.run([torchserve, "--stop"], cwd=server.state_dir, env=_env(server.state_dir),
+                       capture_output=True, timeout=timeout, check=False)
+    deadline = time.monotonic() + timeout
+    while _alive(server.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if _alive(server.pid):
+        os.kill(server.pid, signal.SIGKILL)
+    for pid in _workers_of(server.state_dir):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    (server.state_dir / STATE).unlink(missing_ok=True)
+    return True
+
+
+def _workers_of(state_dir: Path) -> list[int]:
+    """Python workers still holding this server's sockets (they live in its temp dir)."""
+    pids = []
+    marker = str(state_dir / "tmp")
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if "model_service_worker" in cmd and marker in cmd:
+            pids.append(int(proc.name))
+    return pids
