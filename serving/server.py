@@ -196,9 +196,13 @@ def _wait_ready(server: Server, timeout: float, echo) -> None:
             raise ServeError(f"TorchServe exited while starting; see {server.state_dir / 'logs'}")
         key_file = server.state_dir / "key_file.json"
         if key_file.exists() and not server.keys:
-            data = json.loads(key_file.read_text())
+            try:
+                data = json.loads(key_file.read_text())
+            except json.JSONDecodeError:
+                data = {}  # TorchServe is still writing it: read it again on the next round
             server.keys = {api: data[api]["key"] for api in ("inference", "management") if api in data}
-            (server.state_dir / STATE).write_text(json.dumps(server.to_json()))
+            if server.keys:
+                (server.state_dir / STATE).write_text(json.dumps(server.to_json()))
         try:
             states = model_status(server)
         except (urllib.error.URLError, OSError, json.JSONDecodeError):
