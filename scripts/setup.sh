@@ -4,6 +4,7 @@
 # mmcv 2.1.x has no wheel for current torch, so it is built from source once (with its compiled ops,
 # CUDA ones where torch has CUDA) and the wheel is cached under $PLATEPIPE_CACHE/wheels/<torch-build>/.
 # A second run reuses that wheel and, when nothing changed, installs nothing at all.
+# PLATEPIPE_EDITABLE=0 installs platepipe as a plain package without the test tools (the serving image).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -78,7 +79,7 @@ main() {
   "${PIP[@]}" "$MMCV_WHEEL"
 
   say "installing platepipe and its dependencies"
-  "${PIP[@]}" -e "$ROOT[test]"
+  if [ "${PLATEPIPE_EDITABLE:-1}" = 1 ]; then "${PIP[@]}" -e "$ROOT[test]"; else "${PIP[@]}" "$ROOT"; fi
   HEADLESS=$("$VPY" -c 'from importlib.metadata import version; print(version("opencv-python-headless"))')
   "${PIP[@]}" --force-reinstall --no-deps "opencv-python-headless==$HEADLESS"
 
