@@ -1,0 +1,551 @@
+"""Deploy step: the KServe InferenceService that serves the archive layout, created or updated, waited for.
+
+    spec = DeploySpec.from_config(cfg.deploy, storage_uri="gs://bucket/platepipe/v1")
+    result = deploy(spec)                      # create or update, wait for Ready, roll back on failure
+    result.url, result.host                    # where to send requests, and the Host header to send
+
+The manifest is a `serving.kserve.io/v1beta1` InferenceService whose `predictor.model` names the model format
+(`pytorch`: KServe picks its TorchServe runtime) and the storage URI of the layout `platepipe archive` writes
+(model-store/ + config/). An existing service is replaced in place (PUT with its resourceVersion, so a
+concurrent change is noticed, not overwritten); when the new generation does not become Ready (the controller
+reports a failure, or the timeout passes) the previous spec is put back, or what was created is deleted.
+
+The Kubernetes connection is the real `kubernetes` client: a kubeconfig file (--kubeconfig, $KUBECONFIG,
+~/.kube/config) or the pod's service account inside a cluster. API errors come back as one sentence
+(`DeployError`): RBAC refusals name the verb, the resource and the namespace, and what to grant.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+from urllib.parse import urlparse
+
+import yaml
+
+GROUP = "serving.kserve.io"
+VERSION = "v1beta1"
+PLURAL = "inferenceservices"
+KIND = "InferenceService"
+API_VERSION = f"{GROUP}/{VERSION}"
+RESOURCE = f"{PLURAL}.{GROUP}"
+MODEL_FORMAT = "pytorch"            # KServe's TorchServe runtime serves this format
+ISTIO_INJECT = "sidecar.istio.io/inject"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "platepipe"}
+RBAC_VERBS = ("get", "list", "create", "update", "patch", "delete")
+STORAGE_SCHEMES = ("gs", "s3", "pvc", "https", "http")
+NAME = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
+NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+POLL_S = 2.0              # seconds between status reads while waiting for Ready
+REQUEST_TIMEOUT_S = 30    # per API request
+CONFLICT_RETRIES = 3      # 409 Conflict on update: read again and retry this many times
+# False conditions that a healthy rollout goes through (raw deployment mode while pods start): keep waiting
+TRANSIENT_REASONS = frozenset({"MinimumReplicasUnavailable", "RevisionMissing", "Deploying", "ReplicaSetUpdated",
+                               "NewReplicaSetCreated", "FoundNewReplicaSet"})
+FAILED_TRANSITIONS = ("BlockedByFailedLoad", "InvalidSpec")
+
+
+class DeployError(RuntimeError):
+    """A deploy problem, said in one sentence (with what to do about it). status: the API server's HTTP status
+    when it answered; transient: worth retrying (5xx, 429, no connection); missing: the object is not there
+    (404 naming it, as opposed to a cluster without KServe)."""
+
+    def __init__(self, message: str, status: int | None = None, transient: bool = False, missing: bool = False):
+        super().__init__(message)
+        self.status = status
+        self.transient = transient
+        self.missing = missing
+
+
+# ---------------------------------------------------------------------------------------------- the manifest
+
+@dataclass(frozen=True)
+class DeploySpec:
+    """What the InferenceService says; from the `deploy` section of the run configuration."""
+
+    storage_uri: str
+    name: str = "platepipe"
+    namespace: str = "default"
+    protocol: str = "v1"                   # KServe protocolVersion: v1 | v2
+    image: Optional[str] = None            # serving image; None = the runtime's (KServe's TorchServe image)
+    service_account: Optional[str] = None  # with read access to the bucket; None = the namespace default
+    gpu: int = 1                           # nvidia.com/gpu per replica (limit and request); 0 = CPU
+    cpu_request: str = "1"
+    cpu_limit: str = "4"
+    memory_request: str = "4Gi"
+    memory_limit: str = "8Gi"
+    canary_percent: Optional[int] = None   # share of traffic for the new revision; None = all of it
+    timeout_s: float = 600
+
+    def __post_init__(self) -> None:
+        scheme, sep, rest = self.storage_uri.partition("://")
+        if not sep or scheme not in STORAGE_SCHEMES or not rest.strip("/"):
+            raise ValueError(f"storage URI {self.storage_uri!r}: expected the archive folder as gs://BUCKET/PATH "
+                             f"(or {', '.join(s + '://' for s in STORAGE_SCHEMES[1:])}...)")
+        if not NAME.fullmatch(self.name):
+            raise ValueError(f"InferenceService name {self.name!r}: expected lowercase letters, digits and '-', "
+                             f"starting with a letter, at most 63")
+        if not NAMESPACE.fullmatch(self.namespace):
+            raise ValueError(f"namespace {self.namespace!r}: expected lowercase letters, digits and '-', at most 63")
+        if self.protocol not in ("v1", "v2"):
+            raise ValueError(f"protocol {self.protocol!r}: expected v1 or v2")
+        if self.gpu < 0:
+            raise ValueError(f"gpu: expected 0 or more, got {self.gpu}")
+        if self.canary_percent is not None and not 0 <= self.canary_percent <= 100:
+            raise ValueError(f"canary_percent: expected 0-100, got {self.canary_percent}")
+        if self.timeout_s <= 0:
+            raise ValueError(f"timeout: expected more than 0 seconds, got {self.timeout_s:g}")
+
+    @classmethod
+    def from_config(cls, deploy_cfg: Any, storage_uri: str, **overrides: Any) -> "DeploySpec":
+        """From cfg.deploy; keyword overrides (None = keep the configured value) win."""
+        values = {f.name: getattr(deploy_cfg, f.name) for f in dataclasses.fields(cls)
+                  if f.name != "storage_uri" and hasattr(deploy_cfg, f.name)}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(storage_uri=storage_uri, **values)
+
+
+def manifest(spec: DeploySpec) -> dict:
+    """The InferenceService for spec, as the API server takes it."""
+    requests = {"cpu": spec.cpu_request, "memory": spec.memory_request}
+    limits = {"cpu": spec.cpu_limit, "memory": spec.memory_limit}
+    if spec.gpu:
+        requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(spec.gpu)
+    model: dict[str, Any] = {"modelFormat": {"name": MODEL_FORMAT}, "protocolVersion": spec.protocol,
+                             "storageUri": spec.storage_uri, "resources": {"requests": requests, "limits": limits}}
+    if spec.image:
+        model["image"] = spec.image  # predictor.model is a container: this replaces the runtime's image
+    predictor: dict[str, Any] = {"model": model}
+    if spec.service_account:
+        predictor["serviceAccountName"] = spec.service_account
+    if spec.canary_percent is not None:
+        predictor["canaryTrafficPercent"] = spec.canary_percent
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {"name": spec.name, "namespace": spec.namespace, "labels": dict(MANAGED_BY),
+                     # no Istio sidecar in the serving pod (the original's "isdecar.istio.is/inject" did nothing)
+                     "annotations": {ISTIO_INJECT: "false"}},
+        "spec": {"predictor": predictor},
+    }
+
+
+def to_yaml(obj: dict) -> str:
+    return yaml.safe_dump(obj, sort_keys=False, default_flow_style=False)
+
+
+# ---------------------------------------------------------------------------------------------- the cluster
+
+def api_client(kubeconfig: str | os.PathLike | None = None, context: str | None = None):
+    """A kubernetes ApiClient: the kubeconfig given, else $KUBECONFIG or ~/.kube/config, else the pod's
+    service account (inside a cluster)."""
+    from kubernetes import client, config
+    from kubernetes.config.config_exception import ConfigException
+
+    if kubeconfig is not None:
+        path = str(kubeconfig)
+        if not Path(path).is_file():
+            raise DeployError(f"kubeconfig {path} not found: pass the file your cluster's credentials are in")
+    elif os.environ.get("KUBECONFIG"):
+        path = os.environ["KUBECONFIG"]
+    elif Path("~/.kube/config").expanduser().is_file():
+        path = str(Path("~/.kube/config").expanduser())
+    elif os.environ.get("KUBERNETES_SERVICE_HOST"):
+        conf = client.Configuration()
+        try:
+            config.load_incluster_config(client_configuration=conf)
+        except ConfigException as exc:
+            raise DeployError(f"inside the cluster, but the pod's service account cannot be used: {exc}") from None
+        return client.ApiClient(configuration=conf)
+    else:
+        raise DeployError("no Kubernetes configuration: there is no ~/.kube/config, $KUBECONFIG is not set and this "
+                          "is not a pod in a cluster; get credentials (e.g. `gcloud container clusters "
+                          "get-credentials CLUSTER`) or pass --kubeconfig FILE")
+    try:
+        return config.new_client_from_config(config_file=path, context=context, persist_config=False)
+    except ConfigException as exc:
+        raise DeployError(f"cannot use the kubeconfig {path}: {exc}") from None
+
+
+def _status_body(exc: Any) -> dict:
+    try:
+        body = json.loads(exc.body or "{}")
+    except (TypeError, ValueError):
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def explain(exc: Exception, verb: str, namespace: str, name: str | None = None, server: str = "") -> DeployError:
+    """One sentence for a failed API call (kubernetes ApiException or a connection error)."""
+    from kubernetes.client.exceptions import ApiException
+
+    what = f"InferenceService {namespace}/{name}" if name else f"InferenceServices in namespace {namespace!r}"
+    if not isinstance(exc, ApiException):
+        reason = str(getattr(exc, "reason", None) or exc)
+        errno = re.search(r"\[Errno[^\]]*\].*$", reason)  # urllib3 wraps it in its connection's repr
+        return DeployError(f"cannot reach the Kubernetes API server {server}: "
+                           f"{errno.group(0) if errno else reason}".replace("  ", " "))
+    body = _status_body(exc)
+    message = str(body.get("message") or exc.reason or "").strip()
+    if exc.status == 401:
+        return DeployError(f"the Kubernetes API server {server} refused the credentials (401 Unauthorized): "
+                           f"refresh them (e.g. `gcloud container clusters get-credentials CLUSTER`) or check the "
+                           f"user in your kubeconfig".replace("  ", " "))
+    if exc.status == 403 and "admission webhook" in message:
+        return DeployError(f"an admission webhook rejected {what}: {message}")
+    if exc.status == 403:
+        user = re.search(r'User "([^"]+)"', message)
+        who = f" as {user.group(1)}" if user else ""
+        return DeployError(f"not allowed to {verb} {RESOURCE} in namespace {namespace!r}{who} (403 Forbidden): "
+                           f"grant it a Role with the verbs {', '.join(RBAC_VERBS)} on {RESOURCE} in "
+                           f"{namespace!r}, bound with a RoleBinding")
+    if exc.status == 404 and not (body.get("details") or {}).get("name"):
+        return DeployError(f"the cluster does not know {RESOURCE} (404 on its API path): install KServe, or point "
+                           f"--kubeconfig at the cluster that has it")
+    if exc.status == 404:
+        return DeployError(f"{what} not found: check the name and namespace (platepipe deploy --status lists it)")
+    if exc.status == 409:
+        return DeployError(f"{what} was changed by someone else at the same time ({message}): run the command again")
+    if exc.status in (400, 415, 422):
+        return DeployError(f"the API server rejected {what} ({exc.status} {exc.reason}): {message}")
+    return DeployError(f"{verb} {what} failed: {exc.status} {exc.reason}: {message}")
+
+
+def _transient(exc: Exception) -> bool:
+    from kubernetes.client.exceptions import ApiException
+    return not isinstance(exc, ApiException) or (exc.status or 0) >= 500 or exc.status == 429
+
+
+class InferenceServices:
+    """The inferenceservices of one namespace, through CustomObjectsApi; errors become DeployError."""
+
+    def __init__(self, client, namespace: str):
+        from kubernetes import client as k8s
+        self.api = k8s.CustomObjectsApi(client)
+        self.namespace = namespace
+        self.server = getattr(client.configuration, "host", "")
+
+    def _call(self, verb: str, name: str | None, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        try:
+            return fn(GROUP, VERSION, self.namespace, PLURAL, *args, _request_timeout=REQUEST_TIMEOUT_S, **kwargs)
+        except (ApiException, HTTPError, OSError) as exc:
+            status = getattr(exc, "status", None)
+            missing = status == 404 and bool((_status_body(exc).get("details") or {}).get("name"))
+            raise DeployError(str(explain(exc, verb, self.namespace, name, self.server)), status, _transient(exc),
+                              missing) from None
+
+    def get(self, name: str) -> dict | None:
+        """The InferenceService, or None when there is none of that name."""
+        try:
+            return self._call("get", name, self.api.get_namespaced_custom_object, name)
+        except DeployError as exc:
+            if exc.missing:
+                return None
+            raise
+
+    def list(self) -> list[dict]:
+        return self._call("list", None, self.api.list_namespaced_custom_object)["items"]
+
+    def create(self, body: dict) -> dict:
+        return self._call("create", body["metadata"]["name"], self.api.create_namespaced_custom_object, body)
+
+    def replace(self, body: dict) -> dict:
+        name = body["metadata"]["name"]
+        return self._call("update", name, self.api.replace_namespaced_custom_object, name, body)
+
+    def delete(self, name: str) -> bool:
+        """Delete it; False when there was none."""
+        try:
+            self._call("delete", name, self.api.delete_namespaced_custom_object, name)
+        except DeployError as exc:
+            if exc.missing:
+                return False
+            raise
+        return True
+
+
+def _services(namespace: str, client=None, kubeconfig=None) -> InferenceServices:
+    return InferenceServices(client if client is not None else api_client(kubeconfig), namespace)
+
+
+# ---------------------------------------------------------------------------------------------- status
+
+def _conditions(status: dict) -> dict[str, dict]:
+    return {c.get("type"): c for c in status.get("conditions") or [] if isinstance(c, dict)}
+
+
+def is_ready(isvc: dict) -> bool:
+    status = isvc.get("status") or {}
+    return _conditions(status).get("Ready", {}).get("status") == "True" and _current(isvc)
+
+
+def _current(isvc: dict) -> bool:
+    """Whether the status speaks of the spec as it is now (the controller has seen this generation)."""
+    observed = (isvc.get("status") or {}).get("observedGeneration")
+    generation = isvc.get("metadata", {}).get("generation")
+    return observed is None or generation is None or observed >= generation
+
+
+def failure(status: dict) -> str | None:
+    """The controller's reason and message when it reports that the service cannot become Ready."""
+    conditions = _conditions(status)
+    failed = [c for c in conditions.values() if c.get("status") == "False" and (c.get("reason") or c.get("message"))
+              and c.get("reason") not in TRANSIENT_REASONS]
+    failed.sort(key=lambda c: (c.get("type") != "Ready", not c.get("message")))
+    model = status.get("modelStatus") or {}
+    info = model.get("lastFailureInfo") or {}
+    parts = []
+    if failed:
+        c = failed[0]
+        parts.append(f"{c.get('type')} is False: {c.get('reason') or 'no reason given'}"
+                     + (f": {c['message'].strip()}" if c.get("message") else ""))
+    if model.get("transitionStatus") in FAILED_TRANSITIONS or (failed and info):
+        said = " ".join(parts)
+        detail = ": ".join(str(info[k]).strip() for k in ("reason", "message")
+                           if info.get(k) and str(info[k]).strip() not in said)
+        parts.append(f"model {model.get('transitionStatus') or 'failed'}" + (f" ({detail})" if detail else ""))
+    return "; ".join(parts) or None
+
+
+def _progress(isvc: dict) -> str:
+    status = isvc.get("status") or {}
+    if not _current(isvc):
+        return f"waiting for the controller to pick up generation {isvc['metadata'].get('generation')}"
+    conditions = _conditions(status)
+    if not conditions:
+        return "no status yet"
+    out = []
+    for kind in ["Ready"] + sorted(k for k in conditions if k != "Ready"):
+        c = conditions.get(kind)
+        if c:
+            reason = f" ({c['reason']})" if c.get("reason") else ""
+            out.append(f"{kind} {c.get('status')}{reason}")
+    ready = conditions.get("Ready", {})
+    message = f": {ready['message'].strip()[:160]}" if ready.get("message") and ready.get("status") != "True" else ""
+    return ", ".join(out) + message
+
+
+def resolve_endpoint(isvc_status: dict, ingress_host: str | None = None,
+                     ingress_port: int | None = None) -> tuple[str, str]:
+    """(base URL to send requests to, Host header) from an InferenceService's status (or the whole object).
+
+    Without an override that is status.url (or status.address.url, the cluster-local address) and its
+    hostname. With ingress_host (a port-forward to the ingress gateway, or its external address) requests
+    go to http://INGRESS_HOST[:INGRESS_PORT] and the Host header carries the service's hostname, which is
+    how the gateway routes them."""
+    status = isvc_status or {}
+    if "status" in status and "apiVersion" in status:
+        status = status.get("status") or {}
+    url = status.get("url") or (status.get("address") or {}).get("url")
+    if not url:
+        raise DeployError("the InferenceService has no URL yet (status.url and status.address.url are empty): "
+                          "wait until it is Ready (platepipe deploy --status)")
+    host = urlparse(url).hostname or ""
+    if ingress_host:
+        base = ingress_host if "://" in ingress_host else f"http://{ingress_host}"
+        if ingress_port:
+            base = f"{base.rstrip('/')}:{ingress_port}"
+        return base.rstrip("/"), host
+    return url.rstrip("/"), host
+
+
+def get(name: str, namespace: str, api_client=None, kubeconfig=None) -> dict:
+    """The InferenceService; DeployError when there is none."""
+    isvc = _services(namespace, api_client, kubeconfig).get(name)
+    if isvc is None:
+        raise DeployError(f"there is no InferenceService {namespace}/{name}: deploy it with `platepipe deploy "
+                          f"--storage-uri gs://...`, or check --name and --namespace")
+    return isvc
+
+
+def endpoint_for(name: str, namespace: str, api_client=None, kubeconfig=None, ingress_host: str | None = None,
+                 ingress_port: int | None = None) -> tuple[str, str]:
+    """(URL, Host header) of the InferenceService name in namespace, read from the cluster."""
+    return resolve_endpoint(get(name, namespace, api_client, kubeconfig).get("status") or {},
+                            ingress_host, ingress_port)
+
+
+def format_status(isvc: dict, ingress_host: str | None = None, ingress_port: int | None = None) -> str:
+    """Conditions, URL, Host header and traffic split, for people."""
+    meta, status = isvc.get("metadata", {}), isvc.get("status") or {}
+    model = isvc.get("spec", {}).get("predictor", {}).get("model", {})
+    lines = [f"InferenceService {meta.get('namespace')}/{meta.get('name')}: "
+             f"{'Ready' if is_ready(isvc) else 'NOT Ready'} (generation {meta.get('generation')}, "
+             f"observed {status.get('observedGeneration', '-')})",
+             f"  storage      {model.get('storageUri', '-')} (protocol {model.get('protocolVersion', '-')})"]
+    for kind, c in sorted(_conditions(status).items(), key=lambda kv: (kv[0] != "Ready", kv[0])):
+        detail = ": ".join(x for x in (c.get("reason"), (c.get("message") or "").strip()) if x)
+        lines.append(f"  {kind:<20} {c.get('status')}" + (f"  {detail}" if detail else ""))
+    try:
+        url, host = resolve_endpoint(status, ingress_host, ingress_port)
+        lines += [f"  URL          {url}", f"  Host header  {host}"]
+    except DeployError:
+        lines.append("  URL          (none yet)")
+    for component, info in sorted((status.get("components") or {}).items()):
+        for t in info.get("traffic") or []:
+            tags = [x for x in (t.get("tag"), "latest" if t.get("latestRevision") else None) if x]
+            lines.append(f"  traffic      {component}: {t.get('percent', 0)}% to {t.get('revisionName', '?')}"
+                         + (f" ({', '.join(dict.fromkeys(tags))})" if tags else ""))
+    why = failure(status)
+    if why and _current(isvc):
+        lines.append(f"  failure      {why}")
+    return "\n".join(lines)
+
+
+def delete(name: str, namespace: str, api_client=None, kubeconfig=None) -> bool:
+    """Delete the InferenceService; False when there was none."""
+    return _services(namespace, api_client, kubeconfig).delete(name)
+
+
+# ---------------------------------------------------------------------------------------------- deploy
+
+@dataclass
+class DeployResult:
+    name: str
+    namespace: str
+    url: str
+    host: str
+    created: bool        # False: an existing service was updated
+    generation: int
+    isvc: dict
+    previous: dict | None = None  # the service before this deploy (None: it was new), for roll_back
+
+
+class _NotReady(Exception):
+    pass
+
+
+def deploy(spec: DeploySpec, *, api_client=None, kubeconfig=None, poll_s: float | None = None,
+           ingress_host: str | None = None, ingress_port: int | None = None,
+           log: Callable[[str], None] = lambda line: print(line, flush=True)) -> DeployResult:
+    """Create or update the InferenceService, wait until it is Ready and return its endpoint. When it does not
+    become Ready, put the previous spec back (or delete what was created) and raise DeployError."""
+    isvcs = _services(spec.namespace, api_client, kubeconfig)
+    wanted = manifest(spec)
+    where = f"{spec.namespace}/{spec.name}"
+    previous = isvcs.get(spec.name)
+    created = previous is None
+    if created:
+        try:
+            current = isvcs.create(wanted)
+        except DeployError as exc:
+            if exc.status != 409:
+                raise
+            previous = isvcs.get(spec.name)  # created meanwhile by someone else: update it instead
+            created = previous is None
+            if created:
+                raise
+    if not created:
+        current = _update(isvcs, previous, wanted)
+    generation = current["metadata"].get("generation")
+    log(f"{'created' if created else 'updated'} InferenceService {where} (generation {generation}); "
+        f"waiting up to {spec.timeout_s:g} s for Ready")
+    try:
+        ready = _wait(isvcs, spec.name, generation, spec.timeout_s, POLL_S if poll_s is None else poll_s, log)
+    except _NotReady as exc:
+        undone = _roll_back(isvcs, spec.name, previous)
+        raise DeployError(f"InferenceService {where} {exc}; {undone}") from None
+    url, host = resolve_endpoint(ready.get("status") or {}, ingress_host, ingress_port)
+    return DeployResult(spec.name, spec.namespace, url, host, created, generation, ready, previous)
+
+
+def roll_back(name: str, namespace: str, previous: dict | None, api_client=None, kubeconfig=None) -> str:
+    """Put back the service as it was before a deploy (delete it when previous is None, i.e. it was new); used
+    when the smoke test fails on a service that became Ready. Returns what was done, in a sentence."""
+    return _roll_back(_services(namespace, api_client, kubeconfig), name, previous)
+
+
+def _replaced(current: dict, spec: dict, labels: dict | None, annotations: dict | None) -> dict:
+    """current (with its resourceVersion, finalizers, ...) carrying spec, labels and annotations."""
+    body = {k: copy.deepcopy(v) for k, v in current.items() if k != "status"}
+    meta = body.setdefault("metadata", {})
+    meta.pop("managedFields", None)
+    for key, value in (("labels", labels), ("annotations", annotations)):
+        if value:
+            meta[key] = dict(value)
+        else:
+            meta.pop(key, None)
+    body["spec"] = copy.deepcopy(spec)
+    return body
+
+
+def _update(isvcs: InferenceServices, previous: dict, wanted: dict) -> dict:
+    name = wanted["metadata"]["name"]
+    current = previous
+    for attempt in range(CONFLICT_RETRIES + 1):
+        meta = current.get("metadata", {})
+        body = _replaced(current, wanted["spec"], {**(meta.get("labels") or {}), **wanted["metadata"]["labels"]},
+                         {**(meta.get("annotations") or {}), **wanted["metadata"]["annotations"]})
+        try:
+            return isvcs.replace(body)
+        except DeployError as exc:
+            if exc.status != 409 or attempt == CONFLICT_RETRIES:
+                raise
+        current = isvcs.get(name)
+        if current is None:
+            raise DeployError(f"InferenceService {isvcs.namespace}/{name} was deleted while it was being updated: "
+                              f"run the command again")
+    raise AssertionError("unreachable")
+
+
+def _wait(isvcs: InferenceServices, name: str, generation: int, timeout_s: float, poll_s: float,
+          log: Callable[[str], None]) -> dict:
+    started = time.monotonic()
+    deadline = started + timeout_s
+    last = None
+    while True:
+        try:
+            isvc = isvcs.get(name)
+        except DeployError as exc:
+            if not exc.transient or time.monotonic() >= deadline:
+                raise
+            line = f"API server trouble, retrying: {exc}"
+        else:
+            if isvc is None:
+                raise _NotReady("was deleted while waiting for it to become Ready")
+            if is_ready(isvc) and (isvc["metadata"].get("generation") or 0) >= (generation or 0):
+                log(f"  {time.monotonic() - started:5.1f} s  Ready")
+                return isvc
+            why = failure(isvc.get("status") or {}) if _current(isvc) else None
+            if why:
+                raise _NotReady(f"failed: the KServe controller reports {why}")
+            line = _progress(isvc)
+        if line != last:
+            log(f"  {time.monotonic() - started:5.1f} s  {line}")
+            last = line
+        if time.monotonic() >= deadline:
+            raise _NotReady(f"did not become Ready within {timeout_s:g} s (last state: {line})")
+        time.sleep(max(0.0, min(poll_s, deadline - time.monotonic())))
+
+
+def _roll_back(isvcs: InferenceServices, name: str, previous: dict | None) -> str:
+    """Undo the change; a sentence saying what was done."""
+    try:
+        if previous is None:
+            isvcs.delete(name)
+            return "deleted it again (it was new)"
+        meta = previous.get("metadata", {})
+        for attempt in range(CONFLICT_RETRIES + 1):
+            current = isvcs.get(name)
+            if current is None:
+                return "it is gone, so the previous spec could not be restored"
+            try:
+                isvcs.replace(_replaced(current, previous.get("spec", {}), meta.get("labels"), meta.get("annotations")))
+                return "restored the previous spec"
+            except DeployError as exc:
+                if exc.status != 409 or attempt == CONFLICT_RETRIES:
+                    raise
+    except DeployError as exc:
+        return f"rolling back failed too: {exc}"
+    raise AssertionError("unreachable")
