@@ -75,6 +75,21 @@ def export(path: str | Path, stages: dict, metrics: dict | None = None, data_dir
     return path
 
 
+def stamp(source: str | Path, dest: str | Path, evaluation: dict) -> Path:
+    """The export step after the gate: the same model, with the evaluation that let it through written into it."""
+    import torch
+
+    payload = load_pipeline(source)
+    payload["evaluation"] = _plain(evaluation)
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".partial")
+    torch.save(payload, tmp)
+    load_pipeline(tmp)
+    os.replace(tmp, dest)
+    return dest
+
+
 class _full_load:
     """Our own training checkpoints hold non-tensor state; read them fully (they are ours)."""
 

@@ -525,12 +525,27 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     return _build(Config, raw, "")
 
 
+def config_from_text(text: str, where: str = "the config parameter") -> Config:
+    """A Config from YAML text (the pipeline's `config` parameter): defaults, then the keys the text sets."""
+    user = _parse_yaml(text, where) if text.strip() else {}
+    if user is None:
+        user = {}
+    if not isinstance(user, dict):
+        raise ConfigError(f"{where}: expected a mapping of sections (data:, train:, ...) at the top level, "
+                          f"got {type(user).__name__}")
+    return _build(Config, _merge(_defaults(), user), "")
+
+
 def config_to_dict(cfg: Config) -> dict:
     """Plain nested dicts and lists (a deep copy): what default.yaml looks like."""
     return dataclasses.asdict(cfg)
 
 
-def dump_config(cfg: Config) -> str:
-    """The configuration as YAML; load_config of it gives an equal Config."""
+def dump_config(cfg: Config, one_line: bool = False) -> str:
+    """The configuration as YAML; load_config of it gives an equal Config. one_line: flow style on one line
+    (KFP copies parameter defaults into a comment of the compiled YAML, which a line break would break)."""
+    if one_line:
+        return yaml.dump(config_to_dict(cfg), Dumper=_Dumper, sort_keys=False, default_flow_style=True,
+                         allow_unicode=True, width=1 << 30).strip()
     return yaml.dump(config_to_dict(cfg), Dumper=_Dumper, sort_keys=False, default_flow_style=False,
                      allow_unicode=True)

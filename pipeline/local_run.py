@@ -1,92 +1,177 @@
-"""`platepipe run --local`: the pipeline's steps on this machine, with a live step list and a summary.
+"""`platepipe run --local`: the same pipeline, through kfp.local, on this machine.
 
-Only the steps built so far run (data, train or fetch + export, evaluate); the rest of the pipeline
-(archive, upload, deploy, smoke test) joins as it lands.
+fake-gcs-server stands in for the bucket, the deploy step serves the uploaded layout with a local TorchServe
+(downloaded from the bucket the way KServe's storage initializer does) and the smoke test posts to it.
+kfp.local's own log goes to RUN/kfp.log; the terminal gets a live step list (with each step's progress
+lines) and a summary. Nothing is left running unless --keep-serving.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import io
+import json
+import os
+import re
+import sys
 import time
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
 
 from pipeline.config import Config, dump_config
 
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+START = re.compile(r"Executing task '?([\w-]+)'?")
+END = re.compile(r"Task '?([\w-]+)'? finished with status (\w+)")
+# library chatter that says nothing to the person running the pipeline (it stays in RUN/kfp.log)
+NOISE = re.compile(r"FutureWarning|UserWarning|warnings\.warn|torch\.cuda\.amp|_VF\.meshgrid|^\s*$|\[KFP Executor|"
+                   r" - mmengine - (INFO|WARNING) - ")
+STEP_NAMES = {"data-step": "data", "train-step": "train or fetch", "evaluate-step": "evaluate",
+              "gate-failed-step": "gate failed", "export-step": "export", "archive-step": "archive",
+              "upload-step": "upload", "deploy-step": "deploy", "smoke-test-step": "smoke test"}
+SUMMARY_DIR = "steps"  # RUN/steps/<task>.json: what each step reports, for the summary
+
 
 @dataclass
-class Step:
+class StepLine:
     name: str
-    run: Callable[[], str]  # returns a one-line result
-    result: str = ""
+    started: float
     seconds: float = 0.0
-    status: str = "pending"
-    extra: dict = field(default_factory=dict)
+    status: str = "running"
 
 
-def run_steps(steps: list[Step], echo: Callable[[str], None] = print) -> bool:
-    """Run steps in order, printing each as it starts and ends; stop at the first failure."""
-    for i, step in enumerate(steps, 1):
-        echo(f"[{i}/{len(steps)}] {step.name} ...")
-        started = time.monotonic()
-        try:
-            step.result = step.run()
-            step.status = "ok"
-        except Exception as exc:
-            step.status = "failed"
-            step.result = f"{type(exc).__name__}: {exc}"
-        step.seconds = time.monotonic() - started
-        mark = "ok" if step.status == "ok" else "FAILED"
-        echo(f"[{i}/{len(steps)}] {step.name} {mark} in {step.seconds:.1f} s: {step.result}")
-        if step.status != "ok":
-            for later in steps[i:]:
-                later.status = "skipped"
-            return False
-    return True
+class StepTracker(io.TextIOBase):
+    """Stands in for stdout while kfp.local runs: keeps its whole log in a file and shows a step list."""
+
+    def __init__(self, log_path: Path, out=None):
+        self.log = open(log_path, "a", encoding="utf-8")
+        self.out = out or sys.__stdout__
+        self.steps: list[StepLine] = []
+        self._partial = ""
+        self._streaming = False  # inside a step's own output
+        self._in_json = False    # inside the executor input kfp prints at a step's start
+
+    def write(self, text: str) -> int:
+        self.log.write(text)
+        self._partial += text
+        *lines, self._partial = self._partial.split("\n")
+        for line in lines:
+            self._line(ANSI.sub("", line))
+        return len(text)
+
+    def flush(self) -> None:
+        self.log.flush()
+        self.out.flush()
+
+    def _line(self, line: str) -> None:
+        if m := START.search(line):
+            self.steps.append(StepLine(STEP_NAMES.get(m.group(1), m.group(1)), time.monotonic()))
+            self.out.write(f"[{len(self.steps)}] {self.steps[-1].name} ...\n")
+        elif (m := END.search(line)) and self.steps:
+            self._streaming = False
+            step = self.steps[-1]
+            step.seconds, step.status = time.monotonic() - step.started, m.group(2).lower()
+            mark = "ok" if step.status == "success" else "FAILED"
+            self.out.write(f"[{len(self.steps)}] {step.name} {mark} in {step.seconds:.1f} s\n")
+        elif "Streamed logs:" in line:
+            self._streaming = True
+        elif "Got executor_input:" in line:
+            self._in_json = True
+        elif self._in_json:
+            self._in_json = line != "    }"
+        elif self._streaming and not NOISE.search(line):
+            self.out.write(f"      {line.strip()}\n")
+        self.out.flush()
+
+    def close(self) -> None:
+        self.log.close()
 
 
-def run_local(cfg: Config, out: str | None = None) -> int:
-    from components import data
+def preflight() -> None:
+    """Fail before anything runs when the set-up cannot carry the whole pipeline."""
+    from pipeline import doctor
 
-    run_dir = Path(out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
+    results = doctor.run_checks()
+    missing = [c for c in results if not c.ok]
+    if missing:
+        raise RuntimeError("the set-up is incomplete for a local run:\n" + doctor.report(missing) +
+                           "\nrun `make setup` (and install Java 17 for TorchServe)")
+
+
+def run_local(cfg: Config, out: str | None = None, keep_serving: bool = False, echo=print) -> int:
+    import kfp.local
+
+    from pipeline import tasks
+    from pipeline.fake_gcs import FakeGcs
+    from pipeline.pipeline import build_pipeline
+
+    preflight()
+    run_dir = Path(out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")).resolve()
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise FileExistsError(f"{run_dir} exists and is not empty: choose a new --out folder")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_config(cfg))
-    data_dir = run_dir / "data"
-
-    def make_data() -> str:
-        summary = data.generate(data_dir, data.DataSpec.from_config(cfg.data))
-        return f"{summary['n_images']} images, {summary['plates']} plates -> {data_dir}"
-
-    def make_preview() -> str:
-        return str(data.preview(data_dir, run_dir / "data-preview.png"))
-
-    train_dir, eval_dir = run_dir / "train", run_dir / "evaluate"
-    metrics: dict = {}
-
-    def make_model() -> str:
-        from components import export, train
-        if cfg.model.pretrained:
-            return f"fetched {export.fetch(cfg.model.pretrained, train_dir)}"
-        return f"exported {train.train(data_dir, train_dir, train.TrainSpec.from_config(cfg))}"
-
-    def make_evaluation() -> str:
-        from components.evaluate import evaluate
-        ev = cfg.evaluate
-        metrics.update(evaluate(train_dir / "pipeline.pth", data_dir, eval_dir, score_threshold=ev.score_threshold,
-                                iou_threshold=ev.iou_threshold, report_worst=ev.report_worst))
-        line = (f"EIR {metrics['eir']:.4f} (gate {ev.min_eir}), mAP {metrics['bbox_mAP']:.4f}, "
-                f"report {eval_dir / 'report.html'}")
-        if metrics["eir"] < ev.min_eir:
-            raise RuntimeError(f"gate failed: {line}")
-        return line
-
-    steps = [Step("data", make_data), Step("data preview", make_preview), Step("train", make_model),
-             Step("evaluate", make_evaluation)]
-    print(f"platepipe local run in {run_dir}")
-    ok = run_steps(steps)
-    print("\nsummary")
-    for step in steps:
-        print(f"  {step.name:<14} {step.status:<8} {step.seconds:7.1f} s  {step.result}")
-    print(f"  run folder: {run_dir.resolve()}")
+    echo(f"platepipe local run in {run_dir} (kfp.local; its full log: {run_dir / 'kfp.log'})")
+    started = time.monotonic()
+    saved_env = {k: os.environ.get(k) for k in ("STORAGE_EMULATOR_HOST", tasks.LOCAL_DIR_ENV, "PATH")}
+    tracker = StepTracker(run_dir / "kfp.log")
+    ok = False
+    # the bucket is fake-gcs-server's, under RUN/gcs
+    cfg = dataclasses.replace(cfg, gcs=dataclasses.replace(cfg.gcs, bucket=cfg.gcs.bucket or "platepipe-local"))
+    with FakeGcs(root=run_dir / "gcs") as gcs:
+        try:
+            os.environ["STORAGE_EMULATOR_HOST"] = gcs.url
+            from components.gcs import client
+            client().create_bucket(cfg.gcs.bucket)
+            os.environ[tasks.LOCAL_DIR_ENV] = str(run_dir)
+            # kfp.local runs each step with this Python; tools the steps call sit beside it
+            os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
+            kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir / "kfp"),
+                           raise_on_error=False)
+            pipeline_fn = build_pipeline(cfg)
+            # kfp.local says that cluster settings (image, GPU, display names) do not apply here: we know
+            warnings.filterwarnings("ignore", module=r"kfp\.local\..*")
+            sys.stdout = tracker
+            try:
+                pipeline_fn(config=dump_config(cfg), deploy_target="local")
+            finally:
+                sys.stdout = sys.__stdout__
+                tracker.close()
+            ok = bool(tracker.steps) and all(s.status == "success" for s in tracker.steps)
+        finally:
+            for key, value in saved_env.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+            if not keep_serving:
+                tasks.stop_local_serving(run_dir)
+    summary(run_dir, tracker.steps, time.monotonic() - started, ok, keep_serving, echo)
     return 0 if ok else 1
+
+
+def summary(run_dir: Path, steps: list[StepLine], seconds: float, ok: bool, keep_serving: bool, echo) -> None:
+    reports = {}
+    for f in sorted((run_dir / SUMMARY_DIR).glob("*.json")):
+        reports[f.stem] = json.loads(f.read_text())
+    echo("\nsummary")
+    for i, step in enumerate(steps, 1):
+        echo(f"  {i}. {step.name:<15} {step.status:<8} {step.seconds:7.1f} s")
+    if "evaluate" in reports:
+        m = reports["evaluate"]
+        echo(f"  metrics: EIR {m['eir']:.4f} (gate {m['min_eir']}), mAP {m.get('bbox_mAP')}, "
+             f"char accuracy {m.get('char_accuracy')}, precision {m.get('plate_precision')}, "
+             f"recall {m.get('plate_recall')}")
+    for key, label in (("upload", "uploaded to"), ("deploy", "endpoint"), ("smoke-test", "smoke test")):
+        if key in reports:
+            echo(f"  {label}: {reports[key].get('line', '')}")
+    for key, label in (("data", "data preview"), ("evaluate", "evaluation report"), ("export", "model"),
+                       ("smoke-test", "smoke report")):
+        if reports.get(key, {}).get("artifact"):
+            echo(f"  {label}: {reports[key]['artifact']}")
+    echo(f"  run folder: {run_dir} (kfp/: every step's artifacts; {SUMMARY_DIR}/: what each step reported)")
+    if keep_serving and "deploy" in reports:
+        echo(f"  still serving; stop it with: platepipe serve --stop {run_dir / 'serving'}")
+    echo(f"  {'passed' if ok else 'FAILED'} in {seconds / 60:.1f} min")

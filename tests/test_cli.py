@@ -71,29 +71,6 @@ def test_config_prints_effective_yaml(tmp_path):
     assert "n_images: 77" in out.stdout and "seed: 9" in out.stdout
 
 
-def test_local_run_runs_the_built_steps(tmp_path):
-    out = platepipe("run", "--local", "--out", str(tmp_path / "run"), "--set", "data.n_images=8",
-                    "--set", "data.min_size=320", "--set", "data.max_size=400", "--set", "model.preset=tiny",
-                    "--set", "train.workers=0", "--set", "evaluate.min_eir=0")
-    assert out.returncode == 0, out.stdout + out.stderr
-    for step in ("[1/4] data ok", "[3/4] train ok", "[4/4] evaluate ok"):
-        assert step in out.stdout
-    assert "summary" in out.stdout
-    assert (tmp_path / "run" / "data" / "train.json").exists()
-    assert (tmp_path / "run" / "data-preview.png").exists()
-    assert (tmp_path / "run" / "train" / "pipeline.pth").exists()
-    assert (tmp_path / "run" / "evaluate" / "report.html").exists()
-    assert "n_images: 8" in (tmp_path / "run" / "config.yaml").read_text()
-
-
-def test_local_run_stops_at_the_gate(tmp_path):
-    out = platepipe("run", "--local", "--out", str(tmp_path / "run"), "--set", "data.n_images=8",
-                    "--set", "data.min_size=320", "--set", "data.max_size=400", "--set", "model.preset=tiny",
-                    "--set", "train.workers=0", "--set", "evaluate.min_eir=0.99")
-    assert out.returncode == 1
-    assert "[4/4] evaluate FAILED" in out.stdout and "gate failed" in out.stdout
-
-
 def test_doctor_names_missing_mmcv_ops(tmp_path):
     """With mmcv-lite (no compiled ops) first on the path, the check fails and says what to do."""
     lite = tmp_path / "mmcv"

@@ -1,0 +1,91 @@
+"""The Kubeflow pipeline: data -> train or fetch -> evaluate -> [EIR gate] -> export -> archive -> upload ->
+deploy -> smoke test. `build_pipeline(cfg)` wires it with the cluster settings of the configuration (image,
+GPU, node selectors, tolerations, PVC, GCS secret, retries, caching); `compile_pipeline` writes the YAML that
+the Kubeflow UI, `kfp run create` and `platepipe submit` take.
+
+Run parameters (editable per run in the UI): `config` (the whole configuration as YAML; steps read it),
+`pretrained_model` (a pipeline.pth path or gs:// to fetch instead of training), `min_eir` (the gate),
+`model_version` (the GCS version folder; empty = time + hash) and `deploy_target` (kserve, or local for
+`platepipe run --local`).
+"""
+
+from pathlib import Path
+
+from kfp import compiler, dsl
+from kfp import kubernetes as k8s
+
+from pipeline import steps
+from pipeline.config import Config, dump_config
+
+from components.gcs import KEY_JSON_ENV as GCS_KEY_ENV  # the service-account key (JSON text) from kfp.gcs_secret
+WORK_MOUNT = "/mnt/platepipe"
+
+
+def _settings(task, cfg: Config, *, gpu: bool = False, gcs: bool = False, retry: bool = False, cache: bool = False,
+              name: str | None = None):
+    k = cfg.kfp
+    task.set_container_image(k.image)
+    if name:
+        task.set_display_name(name)
+    task.set_caching_options(k.caching and cache)
+    if retry and k.retries:
+        task.set_retry(num_retries=k.retries, backoff_duration="30s", backoff_factor=2.0)
+    if gcs and k.gcs_secret:
+        k8s.use_secret_as_env(task, secret_name=k.gcs_secret, secret_key_to_env={"key.json": GCS_KEY_ENV})
+    if gpu:
+        task.set_accelerator_type(k.gpu_type)
+        task.set_accelerator_limit(1)
+        if k.accelerator_type:
+            k8s.add_node_selector(task, label_key="cloud.google.com/gke-accelerator", label_value=k.accelerator_type)
+        for key, value in k.node_selector.items():
+            k8s.add_node_selector(task, label_key=key, label_value=str(value))
+        for tol in k.tolerations:
+            k8s.add_toleration(task, key=tol.get("key"), operator=tol.get("operator", "Equal"), value=tol.get("value"),
+                               effect=tol.get("effect"), toleration_seconds=tol.get("tolerationSeconds"))
+        if k.pvc:
+            k8s.mount_pvc(task, pvc_name=k.pvc, mount_path=WORK_MOUNT)
+            task.set_env_variable("PLATEPIPE_WORK_DIR", WORK_MOUNT)
+    return task
+
+
+def build_pipeline(cfg: Config):
+    """The pipeline function for this configuration (its text becomes the `config` parameter's default)."""
+    default_config = dump_config(cfg, one_line=True)
+
+    @dsl.pipeline(name=cfg.kfp.pipeline_name,
+                  description="Train (or fetch) a licence-plate reader, gate on EIR, and serve it on a GPU "
+                              "KServe endpoint, smoke-tested.")
+    def platepipe(config: str = default_config, pretrained_model: str = cfg.model.pretrained or "",
+                  min_eir: float = cfg.evaluate.min_eir, model_version: str = cfg.gcs.version or "",
+                  deploy_target: str = "kserve"):
+        data = _settings(steps.data_step(config=config), cfg, gcs=True, cache=True, name="data")
+        model = _settings(steps.train_step(config=config, pretrained_model=pretrained_model,
+                                           data=data.outputs["data"]), cfg, gpu=True, gcs=True, cache=True,
+                          name="train or fetch")
+        evaluation = _settings(steps.evaluate_step(config=config, min_eir=min_eir, model=model.outputs["model"],
+                                                   data=data.outputs["data"]), cfg, name="evaluate")
+        with dsl.If(evaluation.outputs["passed"] == True, name="eir-gate"):  # noqa: E712 (a KFP condition)
+            exported = _settings(steps.export_step(model=model.outputs["model"],
+                                                   evaluation=evaluation.outputs["evaluation"]), cfg, name="export")
+            layout = _settings(steps.archive_step(config=config, model=exported.outputs["exported"]), cfg,
+                               name="archive")
+            storage_uri = _settings(steps.upload_step(config=config, layout=layout.outputs["layout"],
+                                                      model_version=model_version), cfg, gcs=True, retry=True,
+                                    name="upload")
+            endpoint = _settings(steps.deploy_step(config=config, storage_uri=storage_uri.output,
+                                                   deploy_target=deploy_target), cfg, retry=True, name="deploy")
+            _settings(steps.smoke_test_step(config=config, url=endpoint.outputs["url"], host=endpoint.outputs["host"],
+                                            rollback=endpoint.outputs["rollback"]), cfg, name="smoke test")
+            # no retry for the smoke test: after a failure it has rolled the deploy back, and a second try would
+            # test the previous model (the client already retries 503s)
+        with dsl.Else(name="eir-gate-failed"):
+            _settings(steps.gate_failed_step(eir=evaluation.outputs["eir"], min_eir=min_eir), cfg, name="gate failed")
+
+    return platepipe
+
+
+def compile_pipeline(cfg: Config, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(build_pipeline(cfg), str(path))
+    return path

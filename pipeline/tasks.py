@@ -1,0 +1,206 @@
+"""What each pipeline step does, as plain functions of (config text, paths): the KFP components in
+pipeline/steps.py are one-line calls of these, so they run and test without Kubeflow.
+
+Every step gets the run's whole configuration as YAML text (the pipeline's `config` parameter) and reads
+what it needs from it, so the Kubeflow UI shows one editable configuration per run.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from pipeline.config import Config, config_from_text
+
+LOCAL_DIR_ENV = "PLATEPIPE_LOCAL_DIR"  # the local run's folder: where the deploy step serves from
+WORK_DIR_ENV = "PLATEPIPE_WORK_DIR"    # a persistent volume for training checkpoints (resume after a retry)
+
+
+def _cfg(config: str) -> Config:
+    return config_from_text(config)
+
+
+def _report(step: str, result: dict) -> dict:
+    """The local run collects each step's result for its summary (in the cluster, KFP shows them instead)."""
+    if os.environ.get(LOCAL_DIR_ENV):
+        folder = Path(os.environ[LOCAL_DIR_ENV]) / "steps"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{step}.json").write_text(json.dumps(result, indent=2, default=str))
+    return result
+
+
+def _html_image(png: Path, title: str) -> str:
+    data = base64.b64encode(png.read_bytes()).decode()
+    return (f"<!doctype html><meta charset='utf-8'><title>{title}</title><h2>{title}</h2>"
+            f"<img style='max-width:100%' src='data:image/png;base64,{data}'>")
+
+
+def make_data(config: str, out_dir: str, preview_html: str) -> dict:
+    """Synthetic plates, or the user's labelled set (folder or gs://, labelme or COCO), as a COCO data set."""
+    from components import data, labelled
+
+    cfg = _cfg(config)
+    d = cfg.data
+    if d.source == "synthetic":
+        summary = data.generate(out_dir, data.DataSpec.from_config(d))
+    else:
+        labelled.prepare(d.source, out_dir, fmt=d.format, seed=d.seed, split=(d.split_train, d.split_val, d.split_test))
+        summary = json.loads((Path(out_dir) / "dataset.json").read_text())
+    with tempfile.TemporaryDirectory() as tmp:
+        sheet = data.preview(out_dir, Path(tmp) / "preview.png")
+        Path(preview_html).write_text(_html_image(sheet, "platepipe data: labels drawn on a sample of the training split"))
+    return _report("data", {**{k: summary[k] for k in ("n_images", "plates", "splits", "fingerprint") if k in summary},
+                            "artifact": preview_html})
+
+
+def train_or_fetch(config: str, pretrained_model: str, data_dir: str, model_path: str) -> dict:
+    """Train both stages (resuming from WORK_DIR_ENV when set), or fetch the given pipeline.pth."""
+    from components import export, train
+
+    cfg = _cfg(config)
+    source = pretrained_model or cfg.model.pretrained
+    with tempfile.TemporaryDirectory() as tmp:
+        if source:
+            pth = export.fetch(source, tmp)
+        else:
+            if cfg.model.device == "cpu":
+                os.environ["CUDA_VISIBLE_DEVICES"] = ""
+            fingerprint = json.loads((Path(data_dir) / "dataset.json").read_text()).get("fingerprint", "data")
+            work = Path(os.environ[WORK_DIR_ENV]) / f"train-{fingerprint}" if os.environ.get(WORK_DIR_ENV) else Path(tmp)
+            pth = train.train(data_dir, work, train.TrainSpec.from_config(cfg))
+        Path(model_path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(pth, model_path)
+    return _report("train", {"source": source or "trained", "preset": cfg.model.preset})
+
+
+def evaluate(config: str, min_eir: float, model_path: str, data_dir: str, report_html: str) -> dict:
+    """mAP, EIR and the rest on the test split; the HTML report; whether the EIR gate lets the model through."""
+    from components.evaluate import evaluate as run
+
+    ev = _cfg(config).evaluate
+    with tempfile.TemporaryDirectory() as tmp:
+        metrics = run(model_path, data_dir, tmp, score_threshold=ev.score_threshold, iou_threshold=ev.iou_threshold,
+                      report_worst=ev.report_worst, progress=False)
+        shutil.copyfile(Path(tmp) / "report.html", report_html)
+    metrics["min_eir"] = min_eir
+    metrics["passed"] = metrics["eir"] >= min_eir
+    return _report("evaluate", {**metrics, "artifact": report_html})
+
+
+def export(model_path: str, evaluation_json: str, out_path: str) -> dict:
+    from components.export import stamp
+    from serving.reader import load_pipeline
+
+    stamp(model_path, out_path, json.loads(evaluation_json))
+    payload = load_pipeline(out_path)
+    return _report("export", {"data_fingerprint": payload.get("data_fingerprint"), "versions": payload.get("versions"),
+                              "bytes": Path(out_path).stat().st_size, "artifact": out_path})
+
+
+def archive(config: str, model_path: str, out_dir: str) -> dict:
+    from components.archive import ServingSpec, archive as run
+
+    spec = ServingSpec.from_config(_cfg(config).serving, bind_address="0.0.0.0", token_auth=False)
+    layout = run(model_path, out_dir, spec)
+    return _report("archive", {"mar": str(layout / "model-store" / f"{spec.model_name}.mar"),
+                               "model_name": spec.model_name})
+
+
+def stop_local_serving(run_dir: str | Path) -> bool:
+    """Stop the TorchServe the local deploy step started in RUN/serving, if any."""
+    from serving import server
+
+    layout = Path(run_dir) / "serving"
+    return layout.exists() and server.stop(layout)
+
+
+def upload(config: str, layout_dir: str, model_version: str) -> dict:
+    """The layout to gs://BUCKET/PREFIX/VERSION/{config,model-store}, verified; never over an existing version."""
+    from components import upload as up
+
+    cfg = _cfg(config)
+    result = up.upload(layout_dir, up.destination(cfg.gcs), version=model_version or cfg.gcs.version or None,
+                       credentials_env=cfg.gcs.credentials_env)
+    return _report("upload", {"storage_uri": result["storage_uri"], "version": result["version"],
+                              "line": f"{result['storage_uri']} (version {result['version']})"})
+
+
+def deploy_local(cfg: Config, storage_uri: str) -> dict:
+    """Serve the uploaded layout with TorchServe on this machine, fetched from the bucket the way KServe's
+    storage initializer fills /mnt/models; a model served there before is replaced."""
+    from components.gcs import download_prefix
+    from serving import server
+
+    layout = Path(os.environ.get(LOCAL_DIR_ENV) or tempfile.mkdtemp(prefix="platepipe-")) / "serving"
+    if layout.exists():
+        server.stop(layout)
+        shutil.rmtree(layout)
+    download_prefix(storage_uri, layout)
+    s = cfg.serving
+    srv = server.start(layout, inference_port=s.inference_port, management_port=s.management_port,
+                       metrics_port=s.metrics_port, token_auth=s.token_auth)
+    return {"url": srv.inference_url, "host": "", "model_name": srv.model_name, "layout": str(layout),
+            "rollback": json.dumps({"local": str(layout)})}
+
+
+def deploy(config: str, storage_uri: str, target: str) -> dict:
+    """Create or update the InferenceService and wait for Ready (target kserve), or serve the layout locally
+    (target local). Returns the endpoint and what the smoke test needs to roll back."""
+    cfg = _cfg(config)
+    if target == "local":
+        result = deploy_local(cfg, storage_uri)
+        return _report("deploy", {**result, "line": f"{result['url']} (local TorchServe, model {result['model_name']})"})
+    if target != "kserve":
+        raise ValueError(f"deploy_target {target!r}: expected kserve or local")
+    from components import deploy as dep
+
+    spec = dep.DeploySpec.from_config(cfg.deploy, storage_uri)
+    done = dep.deploy(spec, ingress_host=cfg.deploy.ingress_host, ingress_port=cfg.deploy.ingress_port)
+    rollback = {"name": done.name, "namespace": done.namespace, "previous": done.previous}
+    return _report("deploy", {"url": done.url, "host": done.host, "model_name": cfg.serving.model_name,
+                              "rollback": json.dumps(rollback),
+                              "line": f"{done.url} (Host: {done.host}) InferenceService {done.namespace}/{done.name}"})
+
+
+def roll_back(rollback: str) -> str:
+    """Undo a deploy: stop the local server, or restore the InferenceService's previous spec (delete a new one)."""
+    info = json.loads(rollback)
+    if "local" in info:
+        stop_local_serving(Path(info["local"]).parent)
+        return f"stopped the local TorchServe on {info['local']}"
+    from components import deploy as dep
+
+    return dep.roll_back(info["name"], info["namespace"], info["previous"])
+
+
+def smoke(config: str, url: str, host: str, rollback: str, report_html: str) -> dict:
+    """Post sample images with known plates to the new endpoint and check every field; on failure roll the
+    deploy back and fail (SmokeTestFailed carries the expected-vs-got table)."""
+    from components.smoke_test import SmokeTestFailed, smoke_test
+    from serving import client, server
+
+    cfg = _cfg(config)
+    out_dir = Path(os.environ.get(LOCAL_DIR_ENV) or tempfile.mkdtemp(prefix="platepipe-smoke-")) / "smoke-test"
+    info = json.loads(rollback)
+    token = None
+    if "local" in info:  # a local TorchServe keeps its keys beside the layout
+        running = server.running(info["local"])
+        token = running.keys.get("inference") if running and running.keys else None
+    protocol = cfg.smoke.protocol or ("original" if "local" in info else cfg.deploy.protocol)
+    endpoint = client.Endpoint(url, model=cfg.serving.model_name, protocol=protocol, token=token, host=host or None)
+    try:
+        summary = smoke_test(endpoint, out_dir, n_images=cfg.smoke.n_images, user_images=cfg.smoke.user_images,
+                             timeout=cfg.smoke.timeout_s)
+    except SmokeTestFailed as exc:
+        shutil.copyfile(Path(out_dir) / "smoke.html", report_html)
+        undone = roll_back(rollback)
+        _report("smoke-test", {**exc.summary, "line": f"FAILED, rolled back ({undone})", "artifact": report_html})
+        raise SmokeTestFailed(f"{exc}\nrolled back: {undone}", exc.summary) from None
+    shutil.copyfile(Path(out_dir) / "smoke.html", report_html)
+    return _report("smoke-test", {**summary, "line": f"passed: {summary.get('plates_correct')} of "
+                                                     f"{summary.get('plates_expected')} plates read right "
+                                                     f"({protocol} protocol)", "artifact": report_html})

@@ -1,0 +1,85 @@
+"""`platepipe run --local`: the whole pipeline through kfp.local, as a user runs it (a real process), with
+fake-gcs-server as the bucket and a real local TorchServe as the endpoint. The tiny preset reads no plate,
+so the smoke test must fail, say why, and roll the deploy back; the gate must stop a model below min_eir."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from serving import server
+
+PLATEPIPE = Path(sys.executable).with_name("platepipe")
+TINY = ["--set", "data.n_images=8", "--set", "data.min_size=320", "--set", "data.max_size=400",
+        "--set", "model.preset=tiny", "--set", "train.workers=0", "--set", "smoke.n_images=2"]
+
+
+def run(tmp_path, *extra):
+    ports = [server.free_port() for _ in range(3)]
+    args = [str(PLATEPIPE), "run", "--local", "--out", str(tmp_path / "run"), *TINY,
+            "--set", f"serving.inference_port={ports[0]}", "--set", f"serving.management_port={ports[1]}",
+            "--set", f"serving.metrics_port={ports[2]}", *extra]
+    return subprocess.run(args, capture_output=True, text=True, timeout=600)
+
+
+def java_serving(folder: Path) -> list[str]:
+    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if "java" in line and str(folder) in line]
+
+
+@pytest.mark.timeout(600)
+def test_whole_pipeline_runs_and_a_failing_smoke_test_rolls_back(tmp_path):
+    out = run(tmp_path, "--set", "evaluate.min_eir=0")
+    log = out.stdout + out.stderr
+    assert out.returncode == 1, log
+    steps = ["data", "train or fetch", "evaluate", "export", "archive", "upload", "deploy"]
+    for i, name in enumerate(steps, 1):
+        assert re.search(rf"^\[{i}\] {name} ok in \d+\.\d s$", out.stdout, re.M), log
+    assert re.search(r"^\[8\] smoke test FAILED in", out.stdout, re.M), log
+    # the smoke test's table, and the rollback
+    assert re.search(r"image\s+expected\s+got\s+problems", out.stdout), log
+    assert "missing" in out.stdout and "rolled back: stopped the local TorchServe" in out.stdout
+    run_dir = tmp_path / "run"
+    # the upload went to the bucket (fake-gcs-server keeps it under RUN/gcs) in KServe's layout
+    marker = json.loads((run_dir / "steps" / "upload.json").read_text())
+    version = marker["version"]
+    bucket = run_dir / "gcs" / "platepipe-local"
+    stored = {p.relative_to(bucket).as_posix() for p in bucket.rglob("*") if p.is_file()}
+    assert {f"platepipe/{version}/model-store/pipeline.mar", f"platepipe/{version}/config/config.properties"} <= stored
+    # the deploy step served what it downloaded from the bucket
+    assert (run_dir / "serving" / "model-store" / "pipeline.mar").is_file()
+    assert json.loads((run_dir / "steps" / "deploy.json").read_text())["url"].startswith("http://127.0.0.1:")
+    # reports a person opens
+    smoke = json.loads((run_dir / "steps" / "smoke-test.json").read_text())
+    assert smoke["passed"] is False and Path(smoke["artifact"]).is_file()
+    assert "<table" in Path(smoke["artifact"]).read_text()
+    assert Path(json.loads((run_dir / "steps" / "evaluate.json").read_text())["artifact"]).is_file()
+    assert "summary" in out.stdout and "FAILED in" in out.stdout
+    # nothing left running
+    assert server.running(run_dir / "serving") is None
+    assert java_serving(run_dir) == []
+    assert "fake-gcs-server" not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+
+
+@pytest.mark.timeout(600)
+def test_gate_stops_a_weak_model_before_export(tmp_path):
+    out = run(tmp_path, "--set", "evaluate.min_eir=0.99")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert re.search(r"^\[3\] evaluate ok", out.stdout, re.M)
+    assert re.search(r"^\[4\] gate failed FAILED", out.stdout, re.M)
+    assert "EIR gate failed: EIR 0.0000 < min_eir 0.99" in out.stdout
+    assert "upload" not in out.stdout.split("summary")[1]
+    assert not (tmp_path / "run" / "steps" / "upload.json").exists()
+
+
+def test_existing_run_folder_is_refused(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "keep.txt").write_text("mine")
+    out = run(tmp_path)
+    assert out.returncode == 2
+    assert "exists and is not empty" in out.stderr
+    assert (tmp_path / "run" / "keep.txt").read_text() == "mine"
