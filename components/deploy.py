@@ -431,6 +431,9 @@ def deploy(spec: DeploySpec, *, api_client=None, kubeconfig=None, poll_s: float 
            log: Callable[[str], None] = lambda line: print(line, flush=True)) -> DeployResult:
     """Create or update the InferenceService, wait until it is Ready and return its endpoint. When it does not
     become Ready, put the previous spec back (or delete what was created) and raise DeployError."""
+    if not spec.image:
+        log("warning: deploy.image is not set, so KServe uses its stock TorchServe image, which has no mmcv/mmdet "
+            "and cannot load this model: build serving/Dockerfile, push it and set deploy.image")
     isvcs = _services(spec.namespace, api_client, kubeconfig)
     wanted = manifest(spec)
     where = f"{spec.namespace}/{spec.name}"

@@ -115,7 +115,8 @@ def run_local(cfg: Config, out: str | None = None, keep_serving: bool = False, e
     (run_dir / "config.yaml").write_text(dump_config(cfg))
     echo(f"platepipe local run in {run_dir} (kfp.local; its full log: {run_dir / 'kfp.log'})")
     started = time.monotonic()
-    saved_env = {k: os.environ.get(k) for k in ("STORAGE_EMULATOR_HOST", tasks.LOCAL_DIR_ENV, "PATH")}
+    saved_env = {k: os.environ.get(k) for k in ("STORAGE_EMULATOR_HOST", tasks.LOCAL_DIR_ENV, tasks.WORK_DIR_ENV,
+                                                 "PATH", "TQDM_MININTERVAL")}
     tracker = StepTracker(run_dir / "kfp.log")
     ok = False
     # the bucket is fake-gcs-server's, under RUN/gcs
@@ -126,6 +127,9 @@ def run_local(cfg: Config, out: str | None = None, keep_serving: bool = False, e
             from components.gcs import client
             client().create_bucket(cfg.gcs.bucket)
             os.environ[tasks.LOCAL_DIR_ENV] = str(run_dir)
+            os.environ[tasks.WORK_DIR_ENV] = str(run_dir / "work")  # checkpoints and training logs stay here
+            # steps' progress bars reach us through a pipe, a line per update: one every 10 s is plenty
+            os.environ["TQDM_MININTERVAL"] = "10"
             # kfp.local runs each step with this Python; tools the steps call sit beside it
             os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
             kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir / "kfp"),

@@ -249,6 +249,10 @@ def test_deploy_creates_the_service_and_waits_for_ready(stub, kubeconfig, capsys
     assert "URL          http://platepipe.ml.example.com" in out
     assert "Host header  platepipe.ml.example.com" in out
     assert "--isvc platepipe -n ml" in out
+    assert "warning: deploy.image is not set" in out  # the stock runtime image cannot load our model
+    code, out, _ = cli_deploy(capsys, kubeconfig, "--storage-uri", URI, "--set", "deploy.image=reg/pp:1")
+    assert code == 0 and "warning" not in out
+    assert stub.get(NS, "platepipe")["spec"]["predictor"]["model"]["image"] == "reg/pp:1"
 
 
 def test_update_replaces_the_spec_and_waits_for_the_new_generation(stub, kubeconfig, capsys):
