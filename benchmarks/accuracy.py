@@ -1,6 +1,7 @@
 """Accuracy and speed of the quick preset, from scratch on this machine.
 
     .venv/bin/python benchmarks/accuracy.py --work runs/bench [--budget-min 30]
+    .venv/bin/python benchmarks/accuracy.py --work runs/bench --from-run runs/<time>   (after make run)
 
 1. renders the synthetic set (2,000 images, seed 0) and trains the quick preset with a time budget;
 2. evaluates on its held-out test split, on a shifted set (another seed, larger photos, user-photo-like
@@ -34,13 +35,30 @@ def curve(work_dir: Path, key: str) -> list[tuple[float, float]]:
     return points
 
 
+def adopt_run(run: Path, work: Path) -> None:
+    """Link a local run's data set and training folder where this script looks for them."""
+    work.mkdir(parents=True, exist_ok=True)
+    (data,) = run.glob("kfp/*/data-step/data")
+    (train,) = run.glob("work/train-*")
+    for link, target in ((work / "data", data), (work / "train", train)):
+        if not link.exists():
+            link.symlink_to(target.resolve())
+    steps = json.loads((run / "summary.json").read_text())["steps"]
+    (work / "train_seconds.json").write_text(json.dumps(
+        sum(s["seconds"] for s in steps if s["name"] == "train or fetch")))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default="runs/bench")
     parser.add_argument("--budget-min", type=float, default=30)
     parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--from-run", metavar="RUN", help="measure the model a `platepipe run --local` trained "
+                                                            "(its data, checkpoints and training time) instead")
     args = parser.parse_args()
     work = Path(args.work)
+    if args.from_run:
+        adopt_run(Path(args.from_run), work)
     from components.data import DataSpec, generate
     from components.evaluate import evaluate
     from components.train import TrainSpec, train
@@ -55,6 +73,8 @@ def main() -> None:
     if not pth.exists():
         train(data, work / "train", TrainSpec(preset="quick", val_interval=200, time_budget_min=args.budget_min))
     train_min = (time.monotonic() - started) / 60
+    if (work / "train_seconds.json").exists():  # trained by a local run
+        train_min = json.loads((work / "train_seconds.json").read_text()) / 60
     shifted, empty = work / "shifted", work / "plate-free"
     if not (shifted / "dataset.json").exists():
         generate(shifted, DataSpec(n_images=200, seed=99, min_size=900, max_size=1600, split=(0, 0, 1)))

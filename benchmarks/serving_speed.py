@@ -1,6 +1,6 @@
 """Serving speed: real TorchServe against the same model run in-process, on the same images, in one run.
 
-    .venv/bin/python benchmarks/serving.py --model runs/bench/train/pipeline.pth [--work runs/serving-bench]
+    .venv/bin/python benchmarks/serving_speed.py --model runs/bench/train/pipeline.pth [--work runs/serving-bench]
 
 1. renders a few 1280x720 JPEG photos with plates (synthetic, seed 7);
 2. in-process: decode + PlateReader.predict in batches of 4 (TorchServe's batch size here), images/s;
