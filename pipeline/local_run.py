@@ -116,7 +116,7 @@ def run_local(cfg: Config, out: str | None = None, keep_serving: bool = False, e
     echo(f"platepipe local run in {run_dir} (kfp.local; its full log: {run_dir / 'kfp.log'})")
     started = time.monotonic()
     saved_env = {k: os.environ.get(k) for k in ("STORAGE_EMULATOR_HOST", tasks.LOCAL_DIR_ENV, tasks.WORK_DIR_ENV,
-                                                 "PATH", "TQDM_MININTERVAL")}
+                                                 "PATH", "TQDM_MININTERVAL", "PYTHONUNBUFFERED")}
     tracker = StepTracker(run_dir / "kfp.log")
     ok = False
     # the bucket is fake-gcs-server's, under RUN/gcs
@@ -130,6 +130,7 @@ def run_local(cfg: Config, out: str | None = None, keep_serving: bool = False, e
             os.environ[tasks.WORK_DIR_ENV] = str(run_dir / "work")  # checkpoints and training logs stay here
             # steps' progress bars reach us through a pipe, a line per update: one every 10 s is plenty
             os.environ["TQDM_MININTERVAL"] = "10"
+            os.environ["PYTHONUNBUFFERED"] = "1"  # and their lines as they are printed, not a pipe buffer later
             # kfp.local runs each step with this Python; tools the steps call sit beside it
             os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
             kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir / "kfp"),
@@ -160,6 +161,10 @@ def summary(run_dir: Path, steps: list[StepLine], seconds: float, ok: bool, keep
     reports = {}
     for f in sorted((run_dir / SUMMARY_DIR).glob("*.json")):
         reports[f.stem] = json.loads(f.read_text())
+    (run_dir / "summary.json").write_text(json.dumps({
+        "passed": ok, "minutes": round(seconds / 60, 2),
+        "steps": [{"name": st.name, "status": st.status, "seconds": round(st.seconds, 1)} for st in steps],
+        "reports": reports}, indent=2, default=str))
     echo("\nsummary")
     for i, step in enumerate(steps, 1):
         echo(f"  {i}. {step.name:<15} {step.status:<8} {step.seconds:7.1f} s")

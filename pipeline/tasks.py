@@ -8,6 +8,8 @@ what it needs from it, so the Kubeflow UI shows one editable configuration per r
 from __future__ import annotations
 
 import base64
+import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -69,9 +71,14 @@ def train_or_fetch(config: str, pretrained_model: str, data_dir: str, model_path
         else:
             if cfg.model.device == "cpu":
                 os.environ["CUDA_VISIBLE_DEVICES"] = ""
+            spec = train.TrainSpec.from_config(cfg)
+            # resume only what was training on the same data with the same settings
             fingerprint = json.loads((Path(data_dir) / "dataset.json").read_text()).get("fingerprint", "data")
-            work = Path(os.environ[WORK_DIR_ENV]) / f"train-{fingerprint}" if os.environ.get(WORK_DIR_ENV) else Path(tmp)
-            pth = train.train(data_dir, work, train.TrainSpec.from_config(cfg))
+            what = {k: v for k, v in dataclasses.asdict(spec).items() if k not in ("workers", "resume", "time_budget_min")}
+            settings = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode())
+            key = f"train-{fingerprint}-{settings.hexdigest()[:8]}"
+            work = Path(os.environ[WORK_DIR_ENV]) / key if os.environ.get(WORK_DIR_ENV) else Path(tmp)
+            pth = train.train(data_dir, work, spec)
         Path(model_path).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(pth, model_path)
     return _report("train", {"source": source or "trained", "preset": cfg.model.preset})
