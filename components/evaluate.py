@@ -18,6 +18,7 @@ import numpy as np
 
 from serving.labels import CLASSES, PLATE_TYPES, category_id
 from serving.plates import Detection, decode, iou
+from serving.reader import SCORE_THRESHOLD
 
 SIZE_BUCKETS = ((0, 120, "small (<120 px)"), (120, 240, "medium (120-240 px)"), (240, 1e9, "large (>=240 px)"))
 
@@ -101,7 +102,7 @@ def _rate(hits: int, total: int) -> float | None:
 
 
 def evaluate(model, data_dir: str | Path, out_dir: str | Path, split: str = "test",
-             score_threshold: float = 0.3, iou_threshold: float = 0.5, report_worst: int = 12,
+             score_threshold: float = SCORE_THRESHOLD, iou_threshold: float = 0.5, report_worst: int = 12,
              device: str = "auto", batch: int = 4, progress: bool = True) -> dict:
     """Run the reader over a split and write OUT/metrics.json and OUT/report.html; return the metrics.
 

@@ -26,7 +26,7 @@ READER_CLASSES = tuple(c for c in CLASSES if c not in PLATE_TYPES)
 
 # Per preset and stage: network width and depth, input size, batch, iterations, learning rate.
 PRESETS = {
-    "quick": {  # CPU, about 25 minutes on 2 cores
+    "quick": {  # CPU, about 30 minutes on 2 cores (docs/BENCHMARKS.md)
         "detector": dict(widen=0.25, deepen=0.167, input_size=512, train_crop=320, batch_size=8, max_iters=1100,
                          lr=0.004),
         "reader": dict(widen=0.25, deepen=0.167, crop_size=(256, 96), batch_size=16, max_iters=2600, lr=0.004),
