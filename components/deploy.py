@@ -459,6 +459,12 @@ def deploy(spec: DeploySpec, *, api_client=None, kubeconfig=None, poll_s: float 
     except _NotReady as exc:
         undone = _roll_back(isvcs, spec.name, previous)
         raise DeployError(f"InferenceService {where} {exc}; {undone}") from None
+    except DeployError as exc:  # the API server failed for good while waiting: do not leave the new spec
+        undone = _roll_back(isvcs, spec.name, previous)
+        raise DeployError(f"{exc} (while waiting for {where} to become Ready); {undone}") from None
+    except KeyboardInterrupt:  # Ctrl-C: leave the service as it was before, then stop
+        log(f"interrupted while waiting for {where} to become Ready: {_roll_back(isvcs, spec.name, previous)}")
+        raise
     url, host = resolve_endpoint(ready.get("status") or {}, ingress_host, ingress_port)
     return DeployResult(spec.name, spec.namespace, url, host, created, generation, ready, previous)
 

@@ -48,6 +48,7 @@ UI_ENV = "KF_PIPELINES_UI_ENDPOINT"
 PORT_FORWARD = "kubectl port-forward -n kubeflow svc/ml-pipeline-ui 8080:80"
 FINAL_STATES = ("SUCCEEDED", "SKIPPED", "FAILED", "CANCELED", "ERROR")
 DEFAULT_TIMEOUT_S = 6 * 3600
+REQUEST_TIMEOUT_S = 120.0  # one API request (an upload included); a server that stops answering is an error
 
 
 class KfpError(RuntimeError):
@@ -84,10 +85,11 @@ def normalise_host(host: str) -> str:
 
 
 def connect(host: Optional[str] = None, namespace: Optional[str] = None, token: Optional[str] = None, *,
-            timeout_s: float = 15.0) -> Kfp:
+            timeout_s: float = 15.0, request_timeout_s: float = REQUEST_TIMEOUT_S) -> Kfp:
     """A kfp.Client for HOST (else KF_PIPELINES_ENDPOINT, else the in-cluster service or the kube config),
     with bearer TOKEN (else KF_PIPELINES_TOKEN) and NAMESPACE (multi-user Kubeflow). The server is asked
-    for /apis/v2beta1/healthz first, so that a wrong host or missing credentials fail at once, clearly."""
+    for /apis/v2beta1/healthz first, so that a wrong host or missing credentials fail at once, clearly; every
+    later request gives up after request_timeout_s."""
     host = host or os.environ.get(ENDPOINT_ENV) or None
     token = token or os.environ.get(TOKEN_ENV) or None
     health: dict = {}
@@ -109,6 +111,7 @@ def connect(host: Optional[str] = None, namespace: Optional[str] = None, token: 
                            f"and its credentials (--token, --namespace)") from None
         except Exception as exc:  # kube config, TLS: all about reaching the server
             raise _translate(exc, host, "connecting") from None
+    _limit_requests(client, timeout_s, request_timeout_s)
     namespace = namespace or client.get_user_namespace() or None
     multi_user = health.get("multi_user")
     if multi_user and not namespace:
@@ -117,6 +120,18 @@ def connect(host: Optional[str] = None, namespace: Optional[str] = None, token: 
     ui = os.environ.get(UI_ENV) or host
     return Kfp(client=client, host=host, namespace=namespace, ui=normalise_host(ui) if ui else None,
                multi_user=multi_user)
+
+
+def _limit_requests(client: Any, connect_s: float, read_s: float) -> None:
+    """kfp.Client sends every request with no timeout: a server that accepts and never answers would hang
+    the command. Give each request of its REST client (shared by all its APIs) a connect and read limit."""
+    rest = client._run_api.api_client.rest_client
+    original = rest.request
+
+    def request(*args: Any, _request_timeout: Any = None, **kwargs: Any) -> Any:
+        return original(*args, _request_timeout=_request_timeout or (connect_s, read_s), **kwargs)
+
+    rest.request = request
 
 
 def _kubeconfig_exists() -> bool:

@@ -14,7 +14,7 @@ Objects are kept in memory with ids and timestamps; errors come back as grpc-gat
 Knobs: `token` (requests without "Authorization: Bearer TOKEN" get 401), `forbidden` (403 to everything),
 `multi_user` (healthz says so), `login_page` (an HTML login page, 200, for everything, as an auth proxy
 answers), `run_states` (the states a run shows on its successive GETs, the last one
-repeated), `run_error` (the error message of a FAILED run).
+repeated), `run_error` (the error message of a FAILED run), `stall_s` (a server that stops answering).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import copy
 import json
 import socket
 import threading
+import time
 import uuid
 from datetime import datetime, timezone
 from email.parser import BytesParser
@@ -54,6 +55,7 @@ class KfpStub:
         self.multi_user = multi_user
         self.run_states: list[str] = ["PENDING", "RUNNING", "SUCCEEDED"]
         self.run_error = "task 'train' failed: exit code 1"
+        self.stall_s = 0.0  # every request but healthz waits this long before its answer (a hung server)
         self.requests: list[dict] = []
         self.pipelines: dict[str, dict] = {}
         self.versions: dict[str, dict] = {}
@@ -83,6 +85,8 @@ class KfpStub:
             def _serve(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
+                if stub.stall_s and not self.path.startswith(API + "/healthz"):
+                    time.sleep(stub.stall_s)
                 status, payload = stub._handle(self.command, self.path, {k.title(): v for k, v in self.headers.items()}, body)
                 ctype = "application/json"
                 if stub.login_page:  # what an unauthenticated request meets behind Kubeflow's auth proxy

@@ -526,3 +526,42 @@ def test_the_stub_speaks_patch_as_the_real_client_sends_it(stub, kubeconfig, cap
     assert exc.value.status == 409 and json.loads(exc.value.body)["reason"] == "Conflict"
     items = api.list_namespaced_custom_object(*args[:4])["items"]
     assert [i["metadata"]["name"] for i in items] == ["platepipe"]
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["create", "update"])
+def test_ctrl_c_while_waiting_rolls_back_then_stops(stub, kubeconfig, existing):
+    if existing:
+        deploy.deploy(spec(), kubeconfig=kubeconfig, log=lambda line: None)
+    before = stub.get(NS, "platepipe")
+    stub.controller = never()
+    lines = []
+
+    def log(line):  # the user presses Ctrl-C when the first progress line appears
+        lines.append(line)
+        if "RevisionMissing" in line:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        deploy.deploy(spec(storage_uri=URI2), kubeconfig=kubeconfig, log=log)
+    if existing:
+        assert stub.get(NS, "platepipe")["spec"] == before["spec"]
+        assert "interrupted while waiting for ml/platepipe to become Ready: restored the previous spec" in lines[-1]
+    else:
+        assert stub.get(NS, "platepipe") is None
+        assert lines[-1].endswith("deleted it again (it was new)")
+
+
+def test_api_failure_while_waiting_says_so_and_tries_to_roll_back(stub, kubeconfig):
+    stub.controller = never()
+
+    def log(line):  # the deployer's rights are taken away mid-wait
+        if "RevisionMissing" in line:
+            stub.forbidden = True
+
+    with pytest.raises(deploy.DeployError) as err:
+        deploy.deploy(spec(), kubeconfig=kubeconfig, log=log)
+    message = str(err.value)
+    assert "while waiting for ml/platepipe to become Ready" in message and "forbidden" in message.lower()
+    assert "rolling back failed too" in message, message
+    stub.forbidden = False
+    assert stub.get(NS, "platepipe") is not None  # left as it is, and the message says so

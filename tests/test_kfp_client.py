@@ -437,6 +437,16 @@ def test_forbidden_after_connecting_is_translated_too(stub, package):
         kfp_client.upload_pipeline(kfp, package, "platepipe")
 
 
+def test_a_server_that_stops_answering_is_an_error_not_a_hang(stub, package):
+    kfp = connect(stub.url, request_timeout_s=0.5)
+    stub.stall_s = 5.0
+    started = time.monotonic()
+    with pytest.raises(KfpError, match=r"^cannot reach the KFP API at http://127\.0\.0\.1:\d+ \(.*[Rr]ead timed out"):
+        kfp_client.upload_pipeline(kfp, package, "platepipe")
+    assert time.monotonic() - started < 4.5  # the request gave up; it did not wait for the server
+    assert not stub.pipelines
+
+
 def test_token_from_the_environment_is_sent(stub, package, capsys, monkeypatch):
     stub.token = "s3cret"
     with pytest.raises(KfpError, match=r"refused the request \(401 Unauthorized: Unauthenticated"):
