@@ -3,7 +3,7 @@
   PlateCropDataset  one sample per labelled plate: its characters and text regions
   CropPlate         cuts the plate out (with jitter when training) at the reader's input size
   PlateReadMetric   exact read rate (EIR) of the reader on plate crops, for best-checkpoint selection
-  TimeBudgetHook    ends training after a wall-clock budget, with a final validation and checkpoint
+  TimeBudgetHook    fits training into a wall-clock budget (fewer iterations, schedule fitted), then stops
   ProgressHook      one line per log interval: iteration, percent, elapsed, ETA
 """
 
@@ -149,24 +149,77 @@ class _Pred:
 
 @HOOKS.register_module(force=True)
 class TimeBudgetHook(Hook):
-    """Stop after `minutes` of training; the loop then validates and checkpoints as at its last iteration."""
+    """Fit training into `minutes` of wall clock.
+
+    Every 5% of the budget, until the learning-rate decay begins, it measures the pace and fits the schedule
+    to the time left: fewer iterations than the preset's where those would not fit, with the decay moved to
+    the new end, so the model still gets its whole schedule (a cut-off cosine leaves the learning rate high
+    and the model worse). Whatever happens after that, it stops at the budget; the loop then validates and
+    checkpoints as at its last iteration."""
 
     priority = "LOW"
 
-    def __init__(self, minutes: float | None = None):
+    def __init__(self, minutes: float | None = None, margin: float = 0.9):
         self.seconds = minutes * 60 if minutes else None
-        self.started = None
+        self.margin = margin  # of the budget planned for training iterations; the rest for validations
+        self.started = self.first = self.measured = None
+        self.first_iter = self.first_done = self.measured_done = 0
+        self.planned: tuple[int, list[float]] | None = None  # the preset's iterations and decay starts (fractions)
 
     def before_train(self, runner) -> None:
         self.started = time.monotonic()
+        self.first_iter = runner.iter
+        fitted = [s.end for s in self._decays(runner) if s.end < runner.train_loop._max_iters]
+        if self.seconds and fitted:  # resumed from a run whose schedule was fitted to the budget: keep its end
+            runner.train_loop._max_iters = min(fitted)
+
+    @staticmethod
+    def _decays(runner) -> list:
+        schedulers = runner.param_schedulers or []
+        if isinstance(schedulers, dict):
+            schedulers = [s for group in schedulers.values() for s in group]
+        return [s for s in schedulers if type(s).__name__.startswith("Cosine")]
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
-        if self.seconds and time.monotonic() - self.started > self.seconds:
+        if not self.seconds:
+            return
+        done, now = runner.iter + 1 - self.first_iter, time.monotonic()
+        if done == 5:  # the first iterations pay for start-up: time from here
+            self.first, self.first_done = now, done
+            self.measured, self.measured_done = now, done
+        elif (self.first is not None and done - self.measured_done >= 20
+              and now - self.measured >= 0.05 * self.seconds):  # time to look at the pace again
+            self.measured, self.measured_done = now, done
+            self._fit(runner, (now - self.first) / (done - self.first_done))
+        if now - self.started > self.seconds:
             loop = runner.train_loop
             if loop._max_iters > runner.iter + 1:
                 runner.logger.warning(f"time budget of {self.seconds / 60:.1f} min reached at iteration "
                                       f"{runner.iter + 1}: finishing")
                 loop._max_iters = runner.iter + 1
+
+    def _fit(self, runner, per_iter: float) -> None:
+        loop, step = runner.train_loop, runner.iter + 1
+        decays = self._decays(runner)
+        if any(s.begin <= step for s in decays):
+            return  # the decay has begun: too late to move it
+        if self.planned is None:
+            self.planned = loop._max_iters, [s.begin / loop._max_iters for s in decays]
+        planned, starts = self.planned
+        left = self.seconds * self.margin - (time.monotonic() - self.started)
+        fits = min(planned, max(step + 2, step + int(left / per_iter)))
+        if fits == loop._max_iters:
+            return
+        worth_saying = fits == planned or abs(fits - loop._max_iters) > 0.05 * loop._max_iters or loop._max_iters == planned
+        for s, start in zip(decays, starts):  # the decay starts at the same fraction of the schedule
+            s.begin = max(step + 1, round(start * fits))
+            s.end = fits
+            s.T_max = s.end - s.begin
+        loop._max_iters = fits
+        line = (f"{self.seconds / 60:.1f} min time budget at {per_iter:.2f} s per iteration: training {fits} of "
+                f"{planned} iterations, learning-rate schedule fitted")
+        if worth_saying:
+            print(f"  {line}", flush=True)
 
 
 @HOOKS.register_module(force=True)

@@ -186,3 +186,22 @@ def test_predict_good_and_bad_files(trained, data_dir, tmp_path):
     assert "no such file" in lines[5]["error"]
     assert out.returncode == 1  # some files failed
     assert len(list((tmp_path / "drawn").iterdir())) == 3
+
+
+def test_a_time_budget_fits_the_schedule_instead_of_cutting_it(data_dir, tmp_path, capsys):
+    """3,000 iterations cannot run in 18 s (the detector's share of 0.75 min): training is shortened and
+    the learning-rate decay moved so that it still ends at its floor, not cut off at a high rate."""
+    from components.train import train_stage
+    spec = TrainSpec(preset="tiny", max_iters=3000, val_interval=100000, workers=0, time_budget_min=0.75)
+    cfg, ckpt, _ = train_stage("detector", data_dir, tmp_path, spec)
+    assert "training detector (tiny: 3000 iterations" in capsys.readouterr().out
+    last = torch.load(Path((tmp_path / "detector" / "last_checkpoint").read_text().strip()), map_location="cpu",
+                      weights_only=False)  # our own file, with the optimiser and scheduler states
+    iters = last["meta"]["iter"]
+    assert 20 < iters < 3000
+    cosine = last["param_schedulers"][-1]
+    assert cosine["T_max"] == cosine["end"] - cosine["begin"] > 0
+    assert cosine["end"] - 5 <= iters <= cosine["end"]  # it ran to the fitted end (the budget may stop it just short)
+    floor = cfg["lr"] * 0.05
+    lr = last["optimizer"]["param_groups"][0]["lr"]
+    assert lr == pytest.approx(floor, rel=0.2)  # the decay ran its course (a cut-off run stays near cfg["lr"])
