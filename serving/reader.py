@@ -28,11 +28,14 @@ class ImageResult:
 # detections below this score are ignored: chosen on the validation split of the quick preset (0.4: precision
 # 0.973 -> 0.988 for 0.4 points of EIR against 0.3; see docs/BENCHMARKS.md)
 SCORE_THRESHOLD = 0.4
+# a whole read scoring below this (plate score x its least sure character) is not reported: on the validation
+# split, reads under 0.25 were wrong twice as often as right (docs/BENCHMARKS.md)
+READ_SCORE = 0.25
 
 
 class PlateReader:
     def __init__(self, payload: dict, device: str = "cpu", plate_score: float = SCORE_THRESHOLD,
-                 char_score: float = SCORE_THRESHOLD,
+                 char_score: float = SCORE_THRESHOLD, read_score: float = READ_SCORE,
                  keep_partial: bool = False):
         import torch
         from mmdet.registry import MODELS
@@ -42,7 +45,8 @@ class PlateReader:
         register_all_modules(init_default_scope=True)
         self.device = torch.device(device)
         self.payload = payload
-        self.plate_score, self.char_score, self.keep_partial = plate_score, char_score, keep_partial
+        self.plate_score, self.char_score, self.read_score = plate_score, char_score, read_score
+        self.keep_partial = keep_partial
         self.models, self.classes = {}, {}
         for stage in ("detector", "reader"):
             cfg = payload[stage]["config"]
@@ -124,9 +128,14 @@ class PlateReader:
                                   keep_partial=True)
             decoded = _drop_duplicates(decoded)
             if not self.keep_partial:
-                decoded = [p for p in decoded if p["valid"]]
+                decoded = reported(decoded, self.read_score)
             out.append(ImageResult(plates=sorted(decoded, key=lambda p: -p["score"]), detections=detections))
         return out
+
+
+def reported(plates: list[dict], read_score: float = READ_SCORE) -> list[dict]:
+    """The reads worth reporting: whole (the plate pattern) and scoring at least read_score."""
+    return [p for p in plates if p["valid"] and p["score"] >= read_score]
 
 
 def _drop_duplicates(plates: list[dict]) -> list[dict]:

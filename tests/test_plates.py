@@ -131,3 +131,14 @@ def test_format_plate_draws_both_layouts():
     assert "38D" in two[1] and "4831" in two[2] and two[3].startswith("└")
     partial = decode([d for d in plate_dets("38D4831") if d.label != "1"], keep_partial=True)[0]
     assert "?" in format_plate(partial) and "(partial)" in format_plate(partial)
+
+
+def test_only_whole_and_sure_reads_are_reported():
+    from serving.reader import READ_SCORE, reported
+    sure = decode(plate_dets("38D4831", x=100))
+    unsure = decode(plate_dets("12A3456", x=400, plate_score=0.45, char_score=0.5))  # 0.45 x 0.5 < 0.25
+    partial = decode(plate_dets("38D4831", x=700, regions=False)[:-1], keep_partial=True)  # a character missing
+    assert unsure[0]["valid"] and unsure[0]["score"] < READ_SCORE <= sure[0]["score"]
+    assert not partial[0]["valid"]
+    assert reads(reported(sure + unsure + partial)) == [("l_board", "38D4831")]
+    assert reads(reported(sure + unsure + partial, read_score=0.0)) == [("l_board", "38D4831"), ("l_board", "12A3456")]

@@ -7,8 +7,11 @@ downloaded weights):
   reader    reads each plate crop, enlarged to `crop_size` (w, h): the text regions (sub_text, main_text)
             and every character (0-9, A-E).
 
-A plate 80 px wide in a 1280 px photo is 32 px wide at the detector's 512 px: enough to find it, far too
-small to read it. Its crop, enlarged to 256 px, puts characters 25-50 px high in front of the reader.
+A plate 80 px wide in a 1280 px photo is 40 px wide at the quick detector's 640 px: enough to find it, far
+too small to read it. Its crop, enlarged to 256 px, puts characters 25-50 px high in front of the reader.
+The quick detector trains at 512 px (x 0.8-1.25) and looks at 640 px: on the validation split that found
+more small plates (EIR +1.5 to 2 points) for more inference time (52 -> 74 ms per 1280x720 image on 2 CPU
+cores; docs/BENCHMARKS.md).
 
 `stage_config(stage, preset, **overrides)` returns a plain dict (MMDetection's config schema: model,
 pipelines, data loaders, optimiser, schedule) that goes into pipeline.pth as it is, so inference rebuilds
@@ -27,9 +30,9 @@ READER_CLASSES = tuple(c for c in CLASSES if c not in PLATE_TYPES)
 # Per preset and stage: network width and depth, input size, batch, iterations, learning rate.
 PRESETS = {
     "quick": {  # CPU, about 30 minutes on 2 cores (docs/BENCHMARKS.md)
-        "detector": dict(widen=0.25, deepen=0.167, input_size=512, train_crop=320, batch_size=8, max_iters=1100,
-                         lr=0.004),
-        "reader": dict(widen=0.25, deepen=0.167, crop_size=(256, 96), batch_size=16, max_iters=2600, lr=0.004),
+        "detector": dict(widen=0.25, deepen=0.167, input_size=640, train_size=512, train_crop=320, batch_size=8,
+                         max_iters=1100, lr=0.004),
+        "reader": dict(widen=0.25, deepen=0.167, crop_size=(256, 96), batch_size=8, max_iters=5200, lr=0.004),
     },
     "full": {  # GPU, best accuracy
         "detector": dict(widen=0.5, deepen=0.33, input_size=800, train_crop=512, batch_size=16, max_iters=12000,
@@ -71,11 +74,12 @@ def rtmdet(num_classes: int, widen: float, deepen: float, max_per_img: int) -> d
 
 
 def _detector(p: dict) -> dict:
-    size = p["input_size"]
+    size = p["input_size"]  # long side at inference (and validation)
+    train_size = p.get("train_size", size)  # long side in training, before random scaling (x 0.8-1.25)
     train_pipeline = [
         dict(type="LoadImageFromFile"),
         dict(type="LoadAnnotations", with_bbox=True),
-        dict(type="RandomResize", scale=(size, size), ratio_range=(0.8, 1.25), keep_ratio=True),
+        dict(type="RandomResize", scale=(train_size, train_size), ratio_range=(0.8, 1.25), keep_ratio=True),
         # train on fixed crops of the resized image: the network is fully convolutional, so it learns the
         # same per-pixel task at a fraction of the cost, and inference still sees the whole image
         dict(type="RandomCrop", crop_size=(p["train_crop"], p["train_crop"]), allow_negative_crop=True),
