@@ -210,7 +210,8 @@ class TimeBudgetHook(Hook):
         fits = min(planned, max(step + 2, step + int(left / per_iter)))
         if fits == loop._max_iters:
             return
-        worth_saying = fits == planned or abs(fits - loop._max_iters) > 0.05 * loop._max_iters or loop._max_iters == planned
+        # say it the first time and when it changes by more than 5%, not at every small correction
+        worth_saying = loop._max_iters == planned or abs(fits - loop._max_iters) > 0.05 * loop._max_iters
         for s, start in zip(decays, starts):  # the decay starts at the same fraction of the schedule
             s.begin = max(step + 1, round(start * fits))
             s.end = fits
