@@ -165,18 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Post images (base64 JSON) to TorchServe or KServe and print the plates. "
                                    "Images too large for the server's limit are shrunk; 503 is retried.")
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--url", help="endpoint base URL, e.g. http://127.0.0.1:8085")
-    where.add_argument("--isvc", metavar="NAME", help="a KServe InferenceService: URL and Host header from its status "
-                                                      "(deploy.ingress_host/ingress_port override the address)")
-    p.add_argument("-n", "--namespace", help="namespace of --isvc (default: deploy.namespace)")
-    p.add_argument("--kubeconfig", metavar="FILE", help="kubeconfig for --isvc (default: $KUBECONFIG, ~/.kube/config)")
-    p.add_argument("--protocol", choices=["original", "v1", "v2"],
-                   help="original (TorchServe's API), v1 or v2 (default: original; with --isvc deploy.protocol)")
-    p.add_argument("--model-name", default=None, help="model name in the URL (default: serving.model_name)")
-    p.add_argument("--token", help="bearer token (TorchServe token auth)")
-    p.add_argument("--token-file", metavar="FILE", help="TorchServe key_file.json to take the inference key from")
-    p.add_argument("--host", help="Host header (KServe behind an ingress gateway)")
+    _endpoint_arguments(p, protocol_help="original (TorchServe's API), v1 or v2 "
+                                         "(default: original; with --isvc deploy.protocol)")
     p.add_argument("--max-mb", type=float, default=6.0, help="largest request to send, MB (6)")
     p.add_argument("--json", action="store_true", help="JSON lines instead of framed plates")
     p.set_defaults(func=cmd_request)
@@ -187,18 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "region, letter and serial of every plate and the shape of every field. Writes "
                                    "OUT/smoke.json and OUT/smoke.html; exit 1 (with a table of expected vs got) "
                                    "when anything is wrong.")
-    where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--url", help="endpoint base URL, e.g. http://127.0.0.1:8085")
-    where.add_argument("--isvc", metavar="NAME", help="a KServe InferenceService: URL and Host header from its status "
-                                                      "(deploy.ingress_host/ingress_port override the address)")
-    p.add_argument("-n", "--namespace", help="namespace of --isvc (default: deploy.namespace)")
-    p.add_argument("--kubeconfig", metavar="FILE", help="kubeconfig for --isvc (default: $KUBECONFIG, ~/.kube/config)")
-    p.add_argument("--protocol", choices=["original", "v1", "v2"],
-                   help="default: smoke.protocol, else deploy.protocol")
-    p.add_argument("--model-name", default=None, help="model name in the URL (default: serving.model_name)")
-    p.add_argument("--token", help="bearer token (TorchServe token auth)")
-    p.add_argument("--token-file", metavar="FILE", help="TorchServe key_file.json to take the inference key from")
-    p.add_argument("--host", help="Host header (KServe behind an ingress gateway)")
+    _endpoint_arguments(p, protocol_help="default: smoke.protocol, else deploy.protocol")
     p.add_argument("--out", metavar="DIR", help="folder for smoke.json and smoke.html (default: runs/smoke-<time>)")
     p.set_defaults(func=cmd_smoke_test)
 
@@ -494,6 +473,22 @@ def cmd_request(args: argparse.Namespace) -> int:
         else:
             print(f"{path}: {len(plates)} plate(s)" + "".join("\n" + format_plate(p) for p in plates))
     return 1 if failed else 0
+
+
+def _endpoint_arguments(p: argparse.ArgumentParser, protocol_help: str) -> None:
+    """The options that name an endpoint and how to talk to it (read by _endpoint)."""
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--url", help="endpoint base URL, e.g. http://127.0.0.1:8085")
+    where.add_argument("--isvc", metavar="NAME", help="a KServe InferenceService: URL and Host header from its status "
+                                                      "(deploy.ingress_host/ingress_port override the address)")
+    p.add_argument("-n", "--namespace", help="namespace of --isvc (default: deploy.namespace)")
+    p.add_argument("--kubeconfig", metavar="FILE", help="kubeconfig for --isvc (default: $KUBECONFIG, ~/.kube/config)")
+    p.add_argument("--protocol", choices=["original", "v1", "v2"],
+                   help=protocol_help)
+    p.add_argument("--model-name", default=None, help="model name in the URL (default: serving.model_name)")
+    p.add_argument("--token", help="bearer token (TorchServe token auth)")
+    p.add_argument("--token-file", metavar="FILE", help="TorchServe key_file.json to take the inference key from")
+    p.add_argument("--host", help="Host header (KServe behind an ingress gateway)")
 
 
 def _endpoint(args: argparse.Namespace, cfg: Config, protocol: str):
