@@ -353,6 +353,7 @@ def render_image(spec: DataSpec, index: int) -> tuple[np.ndarray, list[dict]]:
     n_plates = 0 if rng.random() < spec.empty_fraction else int(rng.choice([1, 1, 1, 1, 2, 2, 3]))
     objects: list[dict] = []
     taken: list[tuple[float, ...]] = []
+    pasted: list[tuple[np.ndarray, np.ndarray]] = []
     for _ in range(n_plates):
         kind = "r_board" if rng.random() < 0.5 else "l_board"
         # log-uniform widths: as many small plates as large ones
@@ -370,13 +371,16 @@ def render_image(spec: DataSpec, index: int) -> tuple[np.ndarray, list[dict]]:
             bx1, by1, bx2, by2 = _map_box(hom, (-pw * 0.8, -ph * 1.2, pw * 1.8, ph * 1.6))
             cv2.rectangle(img, (int(bx1), int(by1)), (int(bx2), int(by2)),
                           tuple(float(c) for c in rng.uniform(0, 255, 3)), -1)
-        _paste(img, flat.image, hom)
+        pasted.append((flat.image, hom))
         plate_box = _map_box(hom, (0, 0, pw, ph))
         objects.append({"label": kind, "bbox": plate_box, "text": flat.text})
         for region, box in flat.regions.items():
             objects.append({"label": region, "bbox": _map_box(hom, box), "text": flat.text[:3] if region == "sub_text" else flat.text[3:]})
         for char, box in flat.chars:
             objects.append({"label": char, "bbox": _map_box(hom, box)})
+    # plates go on after every car body: a later plate's body must not paint over an earlier, labelled plate
+    for plate, hom in pasted:
+        _paste(img, plate, hom)
     img = _photometric(rng, img)
     for obj in objects:  # keep every box inside the image
         x1, y1, x2, y2 = obj["bbox"]

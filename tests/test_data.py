@@ -110,6 +110,30 @@ def test_character_boxes_hold_the_ink():
                 assert ink[:, 0].any() or ink[:, 1].any()
 
 
+def test_every_labelled_plate_is_visible(monkeypatch):
+    """Nothing drawn later (another plate's car body) covers a labelled plate: the final image holds each plate
+    exactly as it was warped in (lighting switched off to compare pixels)."""
+    pasted = []
+    real_paste = data._paste
+    monkeypatch.setattr(data, "_paste", lambda img, plate, hom: (pasted.append((plate, hom)), real_paste(img, plate, hom)))
+    monkeypatch.setattr(data, "_photometric", lambda rng, img: img)
+    spec = DataSpec(n_images=40, seed=5, min_size=480, max_size=640, plate_width_min=100, plate_width_max=220)
+    checked = 0
+    for index in range(40):
+        pasted.clear()
+        img, objects = data.render_image(spec, index)
+        assert len(pasted) == sum(o["label"] in ("r_board", "l_board") for o in objects)
+        for plate, hom in pasted:
+            h, w = img.shape[:2]
+            alone = cv2.warpPerspective(plate, hom, (w, h), flags=cv2.INTER_LINEAR)
+            inside = cv2.erode(cv2.warpPerspective(np.full(plate.shape[:2], 255, np.uint8), hom, (w, h)),
+                               np.ones((5, 5), np.uint8)) == 255
+            diff = np.abs(img.astype(np.int32) - alone.astype(np.int32)).max(axis=2)[inside]
+            assert (diff > 40).mean() < 0.01, f"image {index}: a labelled plate is painted over"
+            checked += 1
+    assert checked > 50  # several images hold two or three plates
+
+
 def test_coco_loads_with_pycocotools(dataset):
     coco = COCO(str(dataset[0] / "train.json"))
     assert [coco.cats[i]["name"] for i in sorted(coco.cats)] == list(CLASSES)
