@@ -33,7 +33,7 @@ class TrainSpec:
     lr: float | None = None
     val_interval: int = 200
     seed: int = 0
-    workers: int = 2
+    workers: int | None = None      # data-loading processes per stage; None = the preset's
     resume: bool = True
     time_budget_min: float | None = None
 
@@ -85,7 +85,8 @@ def runner_config(stage: str, cfg: dict, data_dir: Path, work_dir: Path, spec: T
     val_interval = min(spec.val_interval, iters)
     warmup = max(1, min(100, iters // 10))
     budget = spec.time_budget_min * BUDGET_SHARE[stage] if spec.time_budget_min else None
-    loader = dict(num_workers=spec.workers, persistent_workers=spec.workers > 0)
+    workers = cfg["workers"] if spec.workers is None else spec.workers
+    loader = dict(num_workers=workers, persistent_workers=workers > 0)
     return dict(
         model=cfg["model"],
         work_dir=str(work_dir),

@@ -93,7 +93,7 @@ class TrainConfig(_Section):
     lr: Optional[float]
     val_interval: int
     seed: int
-    workers: int
+    workers: Optional[int]
     resume: bool
     time_budget_min: Optional[float]
 

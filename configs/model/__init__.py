@@ -27,22 +27,27 @@ from serving.labels import CLASSES, PLATE_TYPES
 DETECTOR_CLASSES = PLATE_TYPES
 READER_CLASSES = tuple(c for c in CLASSES if c not in PLATE_TYPES)
 
-# Per preset and stage: network width and depth, input size, batch, iterations, learning rate.
+# Per preset and stage: network width and depth, input size, batch, iterations, learning rate, data workers.
 PRESETS = {
     "quick": {  # CPU, about 30 minutes on 2 cores (docs/BENCHMARKS.md)
         "detector": dict(widen=0.25, deepen=0.167, input_size=640, train_size=512, train_crop=320, batch_size=8,
-                         max_iters=1100, lr=0.004),
-        "reader": dict(widen=0.25, deepen=0.167, crop_size=(256, 96), batch_size=8, max_iters=5200, lr=0.004),
+                         max_iters=1100, lr=0.004, workers=2),
+        # the reader's crops load in the main process: on 2 cores, data workers slowed its iterations by 15%
+        # (0.228 -> 0.195 s); the detector's whole photos still gain from 2 (0.60 -> 0.56 s; docs/BENCHMARKS.md)
+        "reader": dict(widen=0.25, deepen=0.167, crop_size=(256, 96), batch_size=8, max_iters=5200, lr=0.004,
+                       workers=0),
     },
     "full": {  # GPU, best accuracy
         "detector": dict(widen=0.5, deepen=0.33, input_size=800, train_crop=512, batch_size=16, max_iters=12000,
-                         lr=0.004),
-        "reader": dict(widen=0.5, deepen=0.33, crop_size=(320, 128), batch_size=64, max_iters=12000, lr=0.004),
+                         lr=0.004, workers=4),
+        "reader": dict(widen=0.5, deepen=0.33, crop_size=(320, 128), batch_size=64, max_iters=12000, lr=0.004,
+                       workers=4),
     },
     "tiny": {  # tests: a few iterations to exercise training, resume and export
         "detector": dict(widen=0.125, deepen=0.167, input_size=256, train_crop=192, batch_size=2, max_iters=4,
-                         lr=0.004),
-        "reader": dict(widen=0.125, deepen=0.167, crop_size=(128, 48), batch_size=4, max_iters=4, lr=0.004),
+                         lr=0.004, workers=0),
+        "reader": dict(widen=0.125, deepen=0.167, crop_size=(128, 48), batch_size=4, max_iters=4, lr=0.004,
+                       workers=0),
     },
 }
 
@@ -121,12 +126,12 @@ def _reader(p: dict) -> dict:
 
 def stage_config(stage: str, preset: str, **overrides) -> dict:
     """The config of one stage ("detector" or "reader") for a preset; overrides (not None) replace the
-    preset's batch_size, max_iters or lr."""
+    preset's batch_size, max_iters, lr or workers."""
     if preset not in PRESETS:
         raise ValueError(f"unknown model preset {preset!r}: choose one of {', '.join(PRESETS)}")
     params = copy.deepcopy(PRESETS[preset][stage])
     params.update({k: v for k, v in overrides.items() if v is not None})
     cfg = _detector(params) if stage == "detector" else _reader(params)
     cfg.update(stage=stage, preset=preset, batch_size=params["batch_size"], max_iters=params["max_iters"],
-               lr=params["lr"])
+               lr=params["lr"], workers=params["workers"])
     return cfg
