@@ -113,13 +113,22 @@ def runner_config(stage: str, cfg: dict, data_dir: Path, work_dir: Path, spec: T
                             rule="greater", max_keep_ckpts=1, save_last=True),
             sampler_seed=dict(type="DistSamplerSeedHook"),
         ),
-        custom_hooks=[dict(type="TimeBudgetHook", minutes=budget), dict(type="ProgressHook", stage=stage, interval=25)],
+        custom_hooks=[dict(type="TimeBudgetHook", minutes=budget), dict(type="ProgressHook", stage=stage, interval=25)]
+        + ([ema_hook(iters)] if cfg.get("ema") else []),
         log_processor=dict(by_epoch=False),
         default_scope="mmdet",
         randomness=dict(seed=spec.seed),
         resume=spec.resume,
         log_level="WARNING",
     )
+
+
+def ema_hook(iters: int) -> dict:
+    """An exponential moving average of the weights, used for validation and saved as the checkpoint's weights.
+    Its momentum starts at 1 (it follows the model while that changes fast) and settles to about
+    1 / (iters / 6): at the end it averages over the last sixth of the schedule, the learning-rate decay."""
+    return dict(type="EMAHook", ema_type="ExpMomentumEMA", momentum=min(0.5, 6 / iters), gamma=max(1, iters // 10),
+                update_buffers=True, priority=49)
 
 
 def train_stage(stage: str, data_dir: Path, out_dir: Path, spec: TrainSpec) -> tuple[dict, Path, dict]:

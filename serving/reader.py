@@ -59,6 +59,7 @@ class PlateReader:
             self.classes[stage] = tuple(cfg["classes"])
         self.input_size = int(payload["detector"]["config"]["input_size"])
         self.crop_size = tuple(payload["reader"]["config"]["crop_size"])
+        self.crop_fill = bool(payload["reader"]["config"].get("crop_fill", False))  # files before filling: fit
 
     @classmethod
     def from_file(cls, path: str | Path, device: str = "auto", **kwargs) -> "PlateReader":
@@ -107,7 +108,7 @@ class PlateReader:
                     if s >= self.plate_score]
             plates.append(kept)
             for j, det in enumerate(kept):
-                crop, transform = crop_plate(images[i], det.bbox, self.crop_size)
+                crop, transform = crop_plate(images[i], det.bbox, self.crop_size, fill=self.crop_fill)
                 crops.append(crop)
                 owners.append((i, j))
                 transforms.append(transform)

@@ -86,6 +86,17 @@ def test_export_predicts_like_the_checkpoints(trained, data_dir):
         assert np.allclose([d.bbox for d in ra.detections], [d.bbox for d in rb.detections], atol=1e-3)
 
 
+def test_files_from_before_filled_crops_still_read_with_fitted_crops(trained):
+    """The presets export crop_fill (the reader was trained on stretched crops); a file without the key was
+    trained on crops fitted with their aspect kept, and is read that way."""
+    payload = load_pipeline(trained[1])
+    assert payload["reader"]["config"]["crop_fill"] is True
+    assert PlateReader(payload).crop_fill is True
+    old = {**payload, "reader": {**payload["reader"], "config": {k: v for k, v in payload["reader"]["config"].items()
+                                                                  if k != "crop_fill"}}}
+    assert PlateReader(old).crop_fill is False
+
+
 def test_bad_model_files_are_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="model file not found"):
         load_pipeline(tmp_path / "none.pth")
@@ -205,3 +216,35 @@ def test_a_time_budget_fits_the_schedule_instead_of_cutting_it(data_dir, tmp_pat
     floor = cfg["lr"] * 0.05
     lr = last["optimizer"]["param_groups"][0]["lr"]
     assert lr == pytest.approx(floor, rel=0.2)  # the decay ran its course (a cut-off run stays near cfg["lr"])
+
+
+def test_the_time_budget_keeps_back_time_for_the_last_validation(monkeypatch):
+    """The fit plans iterations for the budget less what the last validation needs: 10% of the budget before any
+    validation was timed, then 1.5 times the longest validation plus 3%."""
+    from types import SimpleNamespace
+
+    import components.mm_parts as parts
+
+    class CosineAnnealingLR(SimpleNamespace):
+        pass
+
+    def fitted(val_seconds):
+        hook = parts.TimeBudgetHook(minutes=1.0)
+        clock = [1000.0]
+        monkeypatch.setattr(parts.time, "monotonic", lambda: clock[0])
+        hook.before_train(SimpleNamespace(iter=0, param_schedulers=[], train_loop=SimpleNamespace(_max_iters=5000)))
+        if val_seconds:
+            hook.before_val_epoch(None)
+            clock[0] += val_seconds
+            hook.after_val_epoch(None)
+        clock[0] = 1010.0  # 10 s of the 60 gone
+        decay = CosineAnnealingLR(begin=2500, end=5000, T_max=2500)
+        runner = SimpleNamespace(iter=99, param_schedulers=[decay], train_loop=SimpleNamespace(_max_iters=5000))
+        hook._fit(runner, per_iter=0.1)
+        return runner.train_loop._max_iters, decay
+
+    iters, decay = fitted(0)
+    assert iters == 100 + int((60 - 6 - 10) / 0.1)  # 10% kept back
+    assert (decay.begin, decay.end, decay.T_max) == (round(0.5 * iters), iters, iters - round(0.5 * iters))
+    iters, _ = fitted(2.0)
+    assert iters == 100 + int((60 - (1.8 + 3.0) - 10) / 0.1)  # 3% + 1.5 x 2 s

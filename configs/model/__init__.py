@@ -4,14 +4,16 @@ The reader has two stages, both compact single-stage RTMDet-style detectors trai
 downloaded weights):
 
   detector  finds plates (r_board, l_board) in the whole image, resized to `input_size` on its long side;
-  reader    reads each plate crop, enlarged to `crop_size` (w, h): the text regions (sub_text, main_text)
-            and every character (0-9, A-E).
+  reader    reads each plate crop, stretched to fill `crop_size` (w, h): the text regions (sub_text,
+            main_text) and every character (0-9, A-E).
 
-A plate 80 px wide in a 1280 px photo is 40 px wide at the quick detector's 640 px: enough to find it, far
-too small to read it. Its crop, enlarged to 256 px, puts characters 25-50 px high in front of the reader.
-The quick detector trains at 512 px (x 0.8-1.25) and looks at 640 px: on the validation split that found
-more small plates (EIR +1.5 to 2 points) for more inference time (52 -> 74 ms per 1280x720 image on 2 CPU
-cores; docs/BENCHMARKS.md).
+A plate 80 px wide in a 1280 px photo is 32 px wide at the quick detector's 512 px: enough to find it, far
+too small to read it. Its crop, stretched to 256x96 px, puts characters 20-45 px high in front of the reader
+(stretching makes two-row plates' characters 1.7x wider and one-row plates' 1.3x taller than a crop that
+keeps the plate's aspect).
+The quick detector trains at 512 px (x 0.6-1.25) and looks at 512 px. Looking at 640 px found more small
+plates but lost plates over half the photo wide, larger than any whole plate in its training crops: on the
+validation split 0.917 EIR at 640 against 0.938 at 512, which is also faster (docs/BENCHMARKS.md).
 
 `stage_config(stage, preset, **overrides)` returns a plain dict (MMDetection's config schema: model,
 pipelines, data loaders, optimiser, schedule) that goes into pipeline.pth as it is, so inference rebuilds
@@ -27,27 +29,29 @@ from serving.labels import CLASSES, PLATE_TYPES
 DETECTOR_CLASSES = PLATE_TYPES
 READER_CLASSES = tuple(c for c in CLASSES if c not in PLATE_TYPES)
 
-# Per preset and stage: network width and depth, input size, batch, iterations, learning rate, data workers.
+# Per preset and stage: network width and depth, input size, batch, iterations, learning rate, data workers,
+# and whether validation and the exported model use an exponential moving average of the weights (ema: the
+# reader's checkpoint-to-checkpoint EIR swung by 3-5 points on the validation split without it).
 PRESETS = {
     "quick": {  # CPU, about 30 minutes on 2 cores (docs/BENCHMARKS.md)
-        "detector": dict(widen=0.25, deepen=0.167, input_size=640, train_size=512, train_crop=320, batch_size=8,
+        "detector": dict(widen=0.25, deepen=0.167, input_size=512, train_size=512, train_crop=320, batch_size=8,
                          max_iters=1100, lr=0.004, workers=2),
         # the reader's crops load in the main process: on 2 cores, data workers slowed its iterations by 15%
         # (0.228 -> 0.195 s); the detector's whole photos still gain from 2 (0.60 -> 0.56 s; docs/BENCHMARKS.md)
         "reader": dict(widen=0.25, deepen=0.167, crop_size=(256, 96), batch_size=8, max_iters=5200, lr=0.004,
-                       workers=0),
+                       workers=0, ema=True),
     },
     "full": {  # GPU, best accuracy
         "detector": dict(widen=0.5, deepen=0.33, input_size=800, train_crop=512, batch_size=16, max_iters=12000,
                          lr=0.004, workers=4),
         "reader": dict(widen=0.5, deepen=0.33, crop_size=(320, 128), batch_size=64, max_iters=12000, lr=0.004,
-                       workers=4),
+                       workers=4, ema=True),
     },
     "tiny": {  # tests: a few iterations to exercise training, resume and export
         "detector": dict(widen=0.125, deepen=0.167, input_size=256, train_crop=192, batch_size=2, max_iters=4,
                          lr=0.004, workers=0),
         "reader": dict(widen=0.125, deepen=0.167, crop_size=(128, 48), batch_size=4, max_iters=4, lr=0.004,
-                       workers=0),
+                       workers=0, ema=True),
     },
 }
 
@@ -80,14 +84,15 @@ def rtmdet(num_classes: int, widen: float, deepen: float, max_per_img: int) -> d
 
 def _detector(p: dict) -> dict:
     size = p["input_size"]  # long side at inference (and validation)
-    train_size = p.get("train_size", size)  # long side in training, before random scaling (x 0.8-1.25)
+    train_size = p.get("train_size", size)  # long side in training, before random scaling (x 0.6-1.25)
     train_pipeline = [
         dict(type="LoadImageFromFile"),
         dict(type="LoadAnnotations", with_bbox=True),
-        dict(type="RandomResize", scale=(train_size, train_size), ratio_range=(0.8, 1.25), keep_ratio=True),
+        dict(type="RandomResize", scale=(train_size, train_size), ratio_range=(0.6, 1.25), keep_ratio=True),
         # train on fixed crops of the resized image: the network is fully convolutional, so it learns the
-        # same per-pixel task at a fraction of the cost, and inference still sees the whole image
-        dict(type="RandomCrop", crop_size=(p["train_crop"], p["train_crop"]), allow_negative_crop=True),
+        # same per-pixel task at a fraction of the cost, and inference still sees the whole image; half the
+        # crops are placed to hold a whole plate, and the scale goes down to 0.6 so that large plates fit
+        dict(type="PlateRandomCrop", crop_size=(p["train_crop"], p["train_crop"]), allow_negative_crop=True),
         dict(type="RandomFlip", prob=0.5),  # a mirrored plate is still a plate; the reader never flips
         dict(type="Pad", size=(p["train_crop"], p["train_crop"]), pad_val=dict(img=(114, 114, 114))),
         dict(type="PackDetInputs"),
@@ -106,7 +111,7 @@ def _reader(p: dict) -> dict:
     w, h = p["crop_size"]
     train_pipeline = [
         dict(type="LoadImageFromFile"),
-        dict(type="CropPlate", size=(w, h), jitter=0.08),
+        dict(type="CropPlate", size=(w, h), jitter=0.08, fill=True),
         dict(type="LoadAnnotations", with_bbox=True),
         dict(type="PhotoMetricDistortion", brightness_delta=24, contrast_range=(0.7, 1.3),
              saturation_range=(0.7, 1.3), hue_delta=10),
@@ -115,13 +120,14 @@ def _reader(p: dict) -> dict:
     ]
     test_pipeline = [
         dict(type="LoadImageFromFile"),
-        dict(type="CropPlate", size=(w, h), jitter=0.0),
+        dict(type="CropPlate", size=(w, h), jitter=0.0, fill=True),
         dict(type="LoadAnnotations", with_bbox=True),
         dict(type="PackDetInputs", meta_keys=("img_id", "img_path", "ori_shape", "img_shape", "scale_factor",
                                               "plate_text", "plate_type")),
     ]
     return dict(model=rtmdet(len(READER_CLASSES), p["widen"], p["deepen"], max_per_img=40),
-                classes=READER_CLASSES, crop_size=[w, h], train_pipeline=train_pipeline, test_pipeline=test_pipeline)
+                classes=READER_CLASSES, crop_size=[w, h], crop_fill=True, train_pipeline=train_pipeline,
+                test_pipeline=test_pipeline)
 
 
 def stage_config(stage: str, preset: str, **overrides) -> dict:
@@ -133,5 +139,5 @@ def stage_config(stage: str, preset: str, **overrides) -> dict:
     params.update({k: v for k, v in overrides.items() if v is not None})
     cfg = _detector(params) if stage == "detector" else _reader(params)
     cfg.update(stage=stage, preset=preset, batch_size=params["batch_size"], max_iters=params["max_iters"],
-               lr=params["lr"], workers=params["workers"])
+               lr=params["lr"], workers=params["workers"], ema=params.get("ema", False))
     return cfg

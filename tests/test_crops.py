@@ -1,0 +1,83 @@
+"""Plate crops: the geometry training and inference share."""
+
+import numpy as np
+import pytest
+
+from serving.crops import MARGIN, PAD_VALUE, crop_plate, to_crop, to_image
+
+
+def scene(box, colour=(0, 0, 255)):
+    img = np.full((400, 600, 3), 255, np.uint8)
+    x1, y1, x2, y2 = box
+    img[y1:y2, x1:x2] = colour
+    return img
+
+
+def filled(crop, colour=(0, 0, 255)):
+    """Bounds (x1, y1, x2, y2) of the pixels of the given colour."""
+    ys, xs = np.nonzero((np.abs(crop.astype(int) - colour).sum(axis=2) < 40))
+    return xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+
+
+@pytest.mark.parametrize("box", [(100, 100, 290, 200), (50, 150, 463, 250)])  # two-row-like 1.9:1, one-row 4.1:1
+def test_fill_stretches_every_plate_over_the_whole_crop(box):
+    crop, transform = crop_plate(scene(box), box, (256, 96))
+    assert crop.shape == (96, 256, 3)
+    x1, y1, x2, y2 = filled(crop)
+    # the plate spans the crop less the margin on each side, in both directions
+    assert x1 == pytest.approx(256 * MARGIN[0] / (1 + 2 * MARGIN[0]), abs=1.5)
+    assert x2 == pytest.approx(256 * (1 + MARGIN[0]) / (1 + 2 * MARGIN[0]), abs=1.5)
+    assert y1 == pytest.approx(96 * MARGIN[1] / (1 + 2 * MARGIN[1]), abs=1.5)
+    assert y2 == pytest.approx(96 * (1 + MARGIN[1]) / (1 + 2 * MARGIN[1]), abs=1.5)
+    assert not (crop == PAD_VALUE).all(axis=2).any()  # nothing padded: the whole crop is picture
+
+
+def test_fit_keeps_the_aspect_and_pads():
+    box = (100, 100, 290, 200)
+    crop, (sx, sy, _, _) = crop_plate(scene(box), box, (256, 96), fill=False)
+    assert sx == sy
+    x1, y1, x2, y2 = filled(crop)
+    assert (x2 - x1) / (y2 - y1) == pytest.approx(1.9, rel=0.05)
+    assert x2 < 200 and (crop[:, -20:] == 255).all()  # the right of a two-row plate's crop shows what is beside it
+
+
+@pytest.mark.parametrize("fill", [True, False])
+def test_boxes_go_to_the_crop_and_back(fill):
+    img = np.zeros((300, 500, 3), np.uint8)
+    _, transform = crop_plate(img, (120.5, 80.25, 330.0, 190.0), (256, 96), fill=fill)
+    boxes = np.float32([[130, 90, 150, 120], [200.5, 150.25, 240, 185]])
+    inside = to_crop(boxes, transform)
+    assert (inside >= 0).all() and (inside[:, [0, 2]] <= 256).all() and (inside[:, [1, 3]] <= 96).all()
+    assert np.allclose(to_image(inside, transform), boxes, atol=1e-3)
+
+
+def test_shrinking_a_plate_averages_its_strokes_instead_of_aliasing():
+    """Fine stripes (1 px black, 1 px white) shrunk to a third must come out as grey, not as random stripes."""
+    img = np.full((600, 900, 3), 255, np.uint8)
+    img[:, ::2] = 0
+    crop, (sx, sy, _, _) = crop_plate(img, (100, 100, 760, 350), (256, 96))
+    assert sx < 0.4 and sy < 0.4
+    assert abs(crop.mean() - 127.5) < 10 and crop.std() < 20
+
+
+def test_the_detectors_training_crop_holds_whole_plates():
+    """PlateRandomCrop places its crop around a whole plate where one fits (a plain random crop of 320 px
+    rarely holds a 250 px plate whole) and falls back to a plain random crop where none does."""
+    from mmdet.structures.bbox import HorizontalBoxes
+
+    import components.mm_parts as parts
+
+    crop = parts.PlateRandomCrop(crop_size=(320, 320), allow_negative_crop=True, whole_prob=1.0)
+    np.random.seed(0)
+    for _ in range(50):
+        x, y = np.random.uniform(0, 700), np.random.uniform(0, 400)
+        results = dict(img=np.zeros((640, 960, 3), np.uint8),
+                       gt_bboxes=HorizontalBoxes(np.float32([[x, y, x + 250, y + 120]])),
+                       gt_bboxes_labels=np.array([0]), gt_ignore_flags=np.array([False]))
+        out = crop(results)
+        assert out["img"].shape[:2] == (320, 320)
+        w, h = (out["gt_bboxes"].numpy()[0, 2:] - out["gt_bboxes"].numpy()[0, :2])
+        assert (w, h) == pytest.approx((250, 120), abs=1e-3)  # not clipped: whole
+    too_big = dict(img=np.zeros((640, 960, 3), np.uint8), gt_bboxes=HorizontalBoxes(np.float32([[10, 10, 600, 200]])),
+                   gt_bboxes_labels=np.array([0]), gt_ignore_flags=np.array([False]))
+    assert crop(too_big)["img"].shape[:2] == (320, 320)
