@@ -194,8 +194,8 @@ class TimeBudgetHook(Hook):
     the new end, so the model still gets its whole schedule (a cut-off cosine leaves the learning rate high
     and the model worse). The pace is wall clock per iteration, validations included; what it keeps back is
     for the last validation and for the pace changing after the fit (1.5 times the longest validation seen
-    plus 3% of the budget; `reserve` of the budget until a validation is seen). Whatever happens after that, it stops at the budget; the loop then validates and
-    checkpoints as at its last iteration."""
+    plus 3% of the budget; `reserve` of the budget until a validation is seen). Whatever happens after that,
+    it stops at the budget; the loop then validates and checkpoints as at its last iteration."""
 
     priority = "LOW"
 

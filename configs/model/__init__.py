@@ -34,7 +34,7 @@ READER_CLASSES = tuple(c for c in CLASSES if c not in PLATE_TYPES)
 # reader's checkpoint-to-checkpoint EIR swung by 3-5 points on the validation split without it).
 PRESETS = {
     "quick": {  # CPU, about 30 minutes on 2 cores (docs/BENCHMARKS.md)
-        "detector": dict(widen=0.25, deepen=0.167, input_size=512, train_size=512, train_crop=320, batch_size=8,
+        "detector": dict(widen=0.25, deepen=0.167, input_size=512, train_crop=320, batch_size=8,
                          max_iters=1100, lr=0.004, workers=2),
         # the reader's crops load in the main process: on 2 cores, data workers slowed its iterations by 15%
         # (0.228 -> 0.195 s); the detector's whole photos still gain from 2 (0.60 -> 0.56 s; docs/BENCHMARKS.md)
@@ -83,12 +83,11 @@ def rtmdet(num_classes: int, widen: float, deepen: float, max_per_img: int) -> d
 
 
 def _detector(p: dict) -> dict:
-    size = p["input_size"]  # long side at inference (and validation)
-    train_size = p.get("train_size", size)  # long side in training, before random scaling (x 0.6-1.25)
+    size = p["input_size"]  # long side in training (before random scaling), validation and inference
     train_pipeline = [
         dict(type="LoadImageFromFile"),
         dict(type="LoadAnnotations", with_bbox=True),
-        dict(type="RandomResize", scale=(train_size, train_size), ratio_range=(0.6, 1.25), keep_ratio=True),
+        dict(type="RandomResize", scale=(size, size), ratio_range=(0.6, 1.25), keep_ratio=True),
         # train on fixed crops of the resized image: the network is fully convolutional, so it learns the
         # same per-pixel task at a fraction of the cost, and inference still sees the whole image; half the
         # crops are placed to hold a whole plate, and the scale goes down to 0.6 so that large plates fit
@@ -109,9 +108,10 @@ def _detector(p: dict) -> dict:
 
 def _reader(p: dict) -> dict:
     w, h = p["crop_size"]
+    fill = True  # crops stretched to fill (serving.crops); inference reads it from the exported crop_fill
     train_pipeline = [
         dict(type="LoadImageFromFile"),
-        dict(type="CropPlate", size=(w, h), jitter=0.08, fill=True),
+        dict(type="CropPlate", size=(w, h), jitter=0.08, fill=fill),
         dict(type="LoadAnnotations", with_bbox=True),
         dict(type="PhotoMetricDistortion", brightness_delta=24, contrast_range=(0.7, 1.3),
              saturation_range=(0.7, 1.3), hue_delta=10),
@@ -120,13 +120,13 @@ def _reader(p: dict) -> dict:
     ]
     test_pipeline = [
         dict(type="LoadImageFromFile"),
-        dict(type="CropPlate", size=(w, h), jitter=0.0, fill=True),
+        dict(type="CropPlate", size=(w, h), jitter=0.0, fill=fill),
         dict(type="LoadAnnotations", with_bbox=True),
         dict(type="PackDetInputs", meta_keys=("img_id", "img_path", "ori_shape", "img_shape", "scale_factor",
                                               "plate_text", "plate_type")),
     ]
     return dict(model=rtmdet(len(READER_CLASSES), p["widen"], p["deepen"], max_per_img=40),
-                classes=READER_CLASSES, crop_size=[w, h], crop_fill=True, train_pipeline=train_pipeline,
+                classes=READER_CLASSES, crop_size=[w, h], crop_fill=fill, train_pipeline=train_pipeline,
                 test_pipeline=test_pipeline)
 
 
