@@ -69,36 +69,12 @@ class PlateReader:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         return cls(load_pipeline(path), device=device, **kwargs)
 
-    def _run(self, stage: str, images: list[np.ndarray], scales: list[float]):
-        import torch
-        from mmdet.structures import DetDataSample
-
-        model = self.models[stage]
-        inputs, samples = [], []
-        for img, scale in zip(images, scales):
-            h, w = img.shape[:2]
-            inputs.append(torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))))
-            ori = (int(round(h / scale)), int(round(w / scale)))
-            samples.append(DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=ori, scale_factor=(scale, scale))))
-        with torch.no_grad():
-            data = model.data_preprocessor({"inputs": inputs, "data_samples": samples}, False)
-            results = model.predict(data["inputs"], data["data_samples"], rescale=True)
-        return [r.pred_instances for r in results]
-
     def predict(self, images: list[np.ndarray]) -> list[ImageResult]:
         """BGR uint8 images (any sizes) -> one ImageResult each, in one batch per stage."""
-        import cv2
-
         if not images:
             return []
-        resized, scales = [], []
-        for img in images:
-            h, w = img.shape[:2]
-            scale = self.input_size / max(h, w)
-            resized.append(cv2.resize(img, (max(1, round(w * scale)), max(1, round(h * scale))),
-                                      interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR))
-            scales.append(scale)
-        found = self._run("detector", resized, scales)
+        resized, scales = zip(*(resize_long(img, self.input_size) for img in images))
+        found = run_model(self.models["detector"], resized, scales)
         plates: list[list[Detection]] = []
         crops, owners, transforms = [], [], []
         det_classes = self.classes["detector"]
@@ -115,7 +91,8 @@ class PlateReader:
         per_plate: dict[tuple[int, int], list[Detection]] = {}
         if crops:
             read_classes = self.classes["reader"]
-            for owner, transform, pred in zip(owners, transforms, self._run("reader", crops, [1.0] * len(crops))):
+            reads = run_model(self.models["reader"], crops, [1.0] * len(crops))
+            for owner, transform, pred in zip(owners, transforms, reads):
                 boxes = to_image(pred.bboxes.cpu().numpy(), transform)
                 per_plate[owner] = [Detection(read_classes[int(l)], float(s), tuple(float(v) for v in b))
                                     for b, s, l in zip(boxes.tolist(), pred.scores.tolist(), pred.labels.tolist())]
@@ -132,6 +109,35 @@ class PlateReader:
                 decoded = reported(decoded, self.read_score)
             out.append(ImageResult(plates=sorted(decoded, key=lambda p: -p["score"]), detections=detections))
         return out
+
+
+def resize_long(img: np.ndarray, size: int) -> tuple[np.ndarray, float]:
+    """The image resized so that its long side is `size` px, and the scale applied."""
+    import cv2
+
+    h, w = img.shape[:2]
+    scale = size / max(h, w)
+    out = cv2.resize(img, (max(1, round(w * scale)), max(1, round(h * scale))),
+                     interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    return out, scale
+
+
+def run_model(model, images, scales):
+    """One MMDetection model on a batch of BGR images, each already scaled by its scale; returns each image's
+    pred_instances (bboxes, scores, labels) in the coordinates of the image before scaling."""
+    import torch
+    from mmdet.structures import DetDataSample
+
+    inputs, samples = [], []
+    for img, scale in zip(images, scales):
+        h, w = img.shape[:2]
+        inputs.append(torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))))
+        ori = (int(round(h / scale)), int(round(w / scale)))
+        samples.append(DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=ori, scale_factor=(scale, scale))))
+    with torch.no_grad():
+        data = model.data_preprocessor({"inputs": inputs, "data_samples": samples}, False)
+        results = model.predict(data["inputs"], data["data_samples"], rescale=True)
+    return [r.pred_instances for r in results]
 
 
 def reported(plates: list[dict], read_score: float = READ_SCORE) -> list[dict]:
