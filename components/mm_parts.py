@@ -1,11 +1,12 @@
 """MMDetection/MMEngine parts the training needs, registered under the `mmdet` scope on import:
 
-  PlateCropDataset  one sample per labelled plate: its characters and text regions
+  PlateCropDataset  one sample per labelled plate: its characters and text regions (plus mined negatives)
   PlateRandomCrop   the detector's training crop, often placed to hold a whole plate
   CropPlate         cuts the plate out (with jitter when training) at the reader's input size
   PlateReadMetric   exact read rate (EIR) of the reader on plate crops, for best-checkpoint selection
   TimeBudgetHook    fits training into a wall-clock budget (fewer iterations, schedule fitted), then stops
   ProgressHook      one line per log interval: iteration, percent, elapsed, ETA
+  BF16OptimWrapper  the forward pass and loss in bfloat16 autocast on CPU or GPU, the weights in float32
 """
 
 from __future__ import annotations
@@ -13,13 +14,16 @@ from __future__ import annotations
 import json
 import os.path as osp
 import time
+from contextlib import contextmanager
 
 import numpy as np
+import torch
 from mmdet.datasets import BaseDetDataset
 from mmdet.datasets.transforms import RandomCrop
-from mmdet.registry import DATASETS, HOOKS, METRICS, TRANSFORMS
+from mmdet.registry import DATASETS, HOOKS, METRICS, OPTIM_WRAPPERS, TRANSFORMS
 from mmengine.evaluator import BaseMetric
 from mmengine.hooks import Hook
+from mmengine.optim import OptimWrapper
 
 from configs.model import READER_CLASSES
 from serving.crops import crop_plate, to_crop
@@ -35,9 +39,17 @@ def _inside(inner: list[float], outer: list[float]) -> bool:
 
 @DATASETS.register_module(force=True)
 class PlateCropDataset(BaseDetDataset):
-    """COCO file in, one entry per plate out, with the characters and regions whose centres lie inside it."""
+    """COCO file in, one entry per plate out, with the characters and regions whose centres lie inside it.
+
+    negatives: a JSON file of boxes in the images that are not plates ({"file_name", "bbox", "height",
+    "width"}; components.train.mine_negatives writes it): each becomes an entry with nothing to read, so the
+    reader learns to read nothing where the detector takes text or clutter for a plate."""
 
     METAINFO = {"classes": READER_CLASSES}
+
+    def __init__(self, *args, negatives: str | None = None, **kwargs):
+        self.negatives = negatives  # before the base class loads the data list
+        super().__init__(*args, **kwargs)
 
     def load_data_list(self) -> list[dict]:
         with open(self.ann_file) as f:
@@ -64,6 +76,14 @@ class PlateCropDataset(BaseDetDataset):
                     "plate_bbox": [x, y, x + w, y + h], "plate_type": names[plate["category_id"]],
                     "plate_text": plate.get("text", ""), "instances": instances,
                 })
+        if self.negatives:
+            with open(self.negatives) as f:
+                for k, neg in enumerate(json.load(f)):
+                    entries.append({
+                        "img_path": osp.join(self.data_prefix.get("img", "") or self.data_root or "", neg["file_name"]),
+                        "img_id": 10**9 + k, "height": neg["height"], "width": neg["width"],
+                        "plate_bbox": list(neg["bbox"]), "plate_type": "none", "plate_text": "", "instances": [],
+                    })
         return entries
 
 
@@ -309,6 +329,19 @@ class ProgressHook(Hook):
 def _clock(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+@OPTIM_WRAPPERS.register_module(force=True)
+class BF16OptimWrapper(OptimWrapper):
+    """OptimWrapper with the forward pass and loss under bfloat16 autocast, on whatever device the model is on.
+    Weights, gradients and optimiser state stay float32; bfloat16 has float32's range, so no loss scaling
+    (mmengine's AmpOptimWrapper is for CUDA float16 and refuses a CPU). Validation runs outside it, in float32."""
+
+    @contextmanager
+    def optim_context(self, model):
+        device = next(model.parameters()).device.type
+        with super().optim_context(model), torch.autocast(device, dtype=torch.bfloat16):
+            yield
 
 
 assert len(READER_CLASSES) + len(PLATE_TYPES) == len(CLASSES)

@@ -1,7 +1,8 @@
 """Train step: both stages of the plate reader with MMEngine's runner, then export pipeline.pth.
 
-    OUT/detector/   runner work dir of stage 1 (checkpoints, logs, best_*.pth)
-    OUT/reader/     runner work dir of stage 2
+    OUT/detector/        runner work dir of stage 1 (checkpoints, logs, best_*.pth)
+    OUT/negatives.json   what the trained detector takes for plates in training images where there are none
+    OUT/reader/          runner work dir of stage 2 (plate crops, and those negatives to read as nothing)
     OUT/pipeline.pth
 
 Each stage validates every `val_interval` iterations (detector: COCO bbox mAP; reader: EIR on plate
@@ -15,14 +16,19 @@ import contextlib
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from configs.model import stage_config
+from serving.labels import PLATE_TYPES
 
 STAGES = ("detector", "reader")
 BEST_METRIC = {"detector": "coco/bbox_mAP", "reader": "plate/eir"}
-BUDGET_SHARE = {"detector": 0.4, "reader": 0.6}  # of train.time_budget_min
+DETECTOR_SHARE = 0.4  # of train.time_budget_min; the reader has what the detector and the mining leave
+# the reader's negatives: detections scoring at least NEGATIVE_SCORE (below serving's 0.4) that touch no labelled
+# plate, in up to NEGATIVE_IMAGES training images; the surest NEGATIVE_SHARE x the plate count are kept
+NEGATIVE_SCORE, NEGATIVE_IMAGES, NEGATIVE_SHARE = 0.3, 500, 0.25
 
 
 @dataclass(frozen=True)
@@ -36,13 +42,27 @@ class TrainSpec:
     workers: int | None = None      # data-loading processes per stage; None = the preset's
     resume: bool = True
     time_budget_min: float | None = None
+    precision: str = "auto"         # auto (bf16 where the hardware computes it natively) | fp32 | bf16
 
     @classmethod
     def from_config(cls, cfg) -> "TrainSpec":
         t = cfg.train
         return cls(preset=cfg.model.preset, max_iters=t.max_iters, batch_size=t.batch_size, lr=t.lr,
                    val_interval=t.val_interval, seed=t.seed, workers=t.workers, resume=t.resume,
-                   time_budget_min=t.time_budget_min)
+                   time_budget_min=t.time_budget_min, precision=t.precision)
+
+
+def bf16(precision: str) -> bool:
+    """Whether to train under bfloat16 autocast: always for "bf16", never for "fp32"; for "auto" where the
+    device computes bfloat16 natively (CUDA with bf16 support; a CPU with AVX-512 BF16 or AMX, through oneDNN):
+    elsewhere it is emulated and slower than float32."""
+    import torch
+
+    if precision in ("bf16", "fp32"):
+        return precision == "bf16"
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def check_data(data_dir: Path) -> None:
@@ -67,8 +87,10 @@ def _trusted_checkpoints():
             os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = old
 
 
-def runner_config(stage: str, cfg: dict, data_dir: Path, work_dir: Path, spec: TrainSpec) -> dict:
-    """The MMEngine runner settings for one stage."""
+def runner_config(stage: str, cfg: dict, data_dir: Path, work_dir: Path, spec: TrainSpec,
+                  negatives: Path | None = None, budget_min: float | None = None) -> dict:
+    """The MMEngine runner settings for one stage. negatives: the reader's negatives file; budget_min: the
+    stage's minutes (None: no limit)."""
     data_root = str(data_dir) + "/"
     classes = tuple(cfg["classes"])
     if stage == "detector":
@@ -79,12 +101,12 @@ def runner_config(stage: str, cfg: dict, data_dir: Path, work_dir: Path, spec: T
         dataset = dict(type="PlateCropDataset", data_root=data_root, data_prefix=dict(img=data_root),
                        metainfo=dict(classes=classes))
         evaluator = dict(type="PlateReadMetric")
-    train_set = dict(dataset, ann_file="train.json", pipeline=cfg["train_pipeline"])
+    train_set = dict(dataset, ann_file="train.json", pipeline=cfg["train_pipeline"],
+                     **({"negatives": str(negatives)} if negatives else {}))
     val_set = dict(dataset, ann_file="val.json", pipeline=cfg["test_pipeline"], test_mode=True)
     iters, lr = cfg["max_iters"], cfg["lr"]
     val_interval = min(spec.val_interval, iters)
     warmup = max(1, min(100, iters // 10))
-    budget = spec.time_budget_min * BUDGET_SHARE[stage] if spec.time_budget_min else None
     workers = cfg["workers"] if spec.workers is None else spec.workers
     loader = dict(num_workers=workers, persistent_workers=workers > 0)
     return dict(
@@ -97,7 +119,8 @@ def runner_config(stage: str, cfg: dict, data_dir: Path, work_dir: Path, spec: T
         val_evaluator=evaluator,
         train_cfg=dict(type="IterBasedTrainLoop", max_iters=iters, val_interval=val_interval),
         val_cfg=dict(type="ValLoop"),
-        optim_wrapper=dict(type="OptimWrapper", optimizer=dict(type="AdamW", lr=lr, weight_decay=0.05),
+        optim_wrapper=dict(type="BF16OptimWrapper" if bf16(spec.precision) else "OptimWrapper",
+                           optimizer=dict(type="AdamW", lr=lr, weight_decay=0.05),
                            paramwise_cfg=dict(norm_decay_mult=0, bias_decay_mult=0, bypass_duplicate=True),
                            clip_grad=dict(max_norm=10.0)),
         param_scheduler=[
@@ -113,7 +136,8 @@ def runner_config(stage: str, cfg: dict, data_dir: Path, work_dir: Path, spec: T
                             rule="greater", max_keep_ckpts=1, save_last=True),
             sampler_seed=dict(type="DistSamplerSeedHook"),
         ),
-        custom_hooks=[dict(type="TimeBudgetHook", minutes=budget), dict(type="ProgressHook", stage=stage, interval=25)]
+        custom_hooks=[dict(type="TimeBudgetHook", minutes=budget_min),
+                      dict(type="ProgressHook", stage=stage, interval=25)]
         + ([ema_hook(iters)] if cfg.get("ema") else []),
         log_processor=dict(by_epoch=False),
         default_scope="mmdet",
@@ -131,7 +155,8 @@ def ema_hook(iters: int) -> dict:
                 update_buffers=True, priority=49)
 
 
-def train_stage(stage: str, data_dir: Path, out_dir: Path, spec: TrainSpec) -> tuple[dict, Path, dict]:
+def train_stage(stage: str, data_dir: Path, out_dir: Path, spec: TrainSpec, negatives: Path | None = None,
+                budget_min: float | None = None) -> tuple[dict, Path, dict]:
     """Train one stage; return its model config, its best checkpoint and its best validation metrics."""
     import components.mm_parts  # noqa: F401  registers the project's dataset, transform, metric and hooks
     from mmdet.utils import register_all_modules
@@ -142,10 +167,12 @@ def train_stage(stage: str, data_dir: Path, out_dir: Path, spec: TrainSpec) -> t
     cfg = stage_config(stage, spec.preset, max_iters=spec.max_iters, batch_size=spec.batch_size, lr=spec.lr)
     work_dir = out_dir / stage
     work_dir.mkdir(parents=True, exist_ok=True)
-    runner_cfg = runner_config(stage, cfg, data_dir, work_dir, spec)
+    runner_cfg = runner_config(stage, cfg, data_dir, work_dir, spec, negatives=negatives, budget_min=budget_min)
     if not spec.resume or not (work_dir / "last_checkpoint").exists():
         runner_cfg["resume"] = False
-    print(f"training {stage} ({spec.preset}: {cfg['max_iters']} iterations, batch {cfg['batch_size']})", flush=True)
+    precision = "bf16" if bf16(spec.precision) else "fp32"
+    print(f"training {stage} ({spec.preset}: {cfg['max_iters']} iterations, batch {cfg['batch_size']}, {precision})",
+          flush=True)
     with _trusted_checkpoints():
         runner = Runner.from_cfg(Config(runner_cfg))
         logging.getLogger("mmengine").setLevel(logging.WARNING)
@@ -183,10 +210,73 @@ def train(data_dir: str | Path, out_dir: str | Path, spec: TrainSpec) -> Path:
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     check_data(data_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stages = {}
-    for stage in STAGES:
-        stages[stage] = train_stage(stage, data_dir, out_dir, spec)
+    total, start = spec.time_budget_min, time.monotonic()
+    stages = {"detector": train_stage("detector", data_dir, out_dir, spec,
+                                      budget_min=total * DETECTOR_SHARE if total else None)}
+    det_cfg, det_ckpt, _ = stages["detector"]
+    negatives = mine_negatives(det_cfg, det_ckpt, data_dir, out_dir / "negatives.json", seed=spec.seed)
+    left = max(total * (1 - DETECTOR_SHARE) / 2, total - (time.monotonic() - start) / 60) if total else None
+    stages["reader"] = train_stage("reader", data_dir, out_dir, spec, negatives=negatives, budget_min=left)
     metrics = {stage: {k: v for k, v in m.items() if "/" in k} for stage, (_, _, m) in stages.items()}
     return export(out_dir / "pipeline.pth",
                   {stage: (cfg, ckpt) for stage, (cfg, ckpt, _) in stages.items()},
                   metrics=metrics, data_dir=data_dir, train_spec=spec.__dict__)
+
+
+def mine_negatives(cfg: dict, ckpt: Path, data_dir: Path, out_file: Path, seed: int = 0) -> Path:
+    """Run the trained detector over training images and write, as the reader's negatives, its detections that
+    touch no labelled plate (text, clutter): the reader learns to read nothing there, so that a false detection
+    does not become a false plate. Kept from an earlier run on the same OUT (resume)."""
+    import cv2
+    import numpy as np
+    import torch
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    from mmengine.config import ConfigDict
+    from mmengine.registry import DefaultScope
+
+    from serving.reader import resize_long, run_model
+
+    if out_file.is_file():
+        return out_file
+    register_all_modules(init_default_scope=False)
+    coco = json.loads((data_dir / "train.json").read_text())
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    plates: dict[int, list[list[float]]] = {}
+    for a in coco["annotations"]:
+        if names[a["category_id"]] in PLATE_TYPES:
+            x, y, w, h = a["bbox"]
+            plates.setdefault(a["image_id"], []).append([x, y, x + w, y + h])
+    images = coco["images"]
+    picked = sorted(np.random.default_rng(seed).permutation(len(images))[:NEGATIVE_IMAGES].tolist())
+    with DefaultScope.overwrite_default_scope("mmdet"):
+        model = MODELS.build(ConfigDict(cfg["model"]))
+    with _trusted_checkpoints():
+        state = torch.load(ckpt, map_location="cpu")
+    model.load_state_dict(state.get("state_dict", state))
+    model.eval()
+    start, found = time.monotonic(), []
+    print(f"mining the reader's negatives: the detector on {len(picked)} training images", flush=True)
+    for i in picked:
+        image = images[i]
+        img = cv2.imread(str(data_dir / image["file_name"]))
+        if img is None:
+            raise ValueError(f"cannot read {data_dir / image['file_name']}: the data set is damaged; make it again")
+        small, scale = resize_long(img, cfg["input_size"])
+        pred = run_model(model, [small], [scale])[0]
+        for box, score in zip(pred.bboxes.tolist(), pred.scores.tolist()):
+            if score >= NEGATIVE_SCORE and not any(_touch(box, p) for p in plates.get(image["id"], [])):
+                found.append({"file_name": image["file_name"], "height": image["height"], "width": image["width"],
+                              "bbox": [round(v, 1) for v in box], "score": round(score, 3)})
+    keep = int(NEGATIVE_SHARE * sum(len(v) for v in plates.values()))
+    found = sorted(found, key=lambda n: -n["score"])[:keep]
+    tmp = out_file.with_name(out_file.name + ".partial")
+    tmp.write_text(json.dumps(found))
+    os.replace(tmp, out_file)
+    print(f"mined {len(found)} negatives in {time.monotonic() - start:.0f} s", flush=True)
+    return out_file
+
+
+def _touch(a: list[float], b: list[float]) -> bool:
+    """Do boxes (x1, y1, x2, y2) overlap at all?"""
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]

@@ -96,6 +96,7 @@ class TrainConfig(_Section):
     workers: Optional[int]
     resume: bool
     time_budget_min: Optional[float]
+    precision: Literal["auto", "fp32", "bf16"]
 
     def check(self) -> None:
         _positive(self, "max_iters", "batch_size", "lr", "val_interval", "time_budget_min")

@@ -1,6 +1,16 @@
 import pytest
 
+from components.data import DataSpec, generate
 from pipeline.fake_gcs import FakeGcs
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """A small synthetic data set (12 images of 320-400 px, 6 for training) for the model's tests."""
+    out = tmp_path_factory.mktemp("model") / "data"
+    generate(out, DataSpec(n_images=12, seed=11, min_size=320, max_size=400, plate_width_min=80,
+                           plate_width_max=200, split=(0.5, 0.25, 0.25)), workers=1, progress=False)
+    return out
 
 
 @pytest.fixture

@@ -60,24 +60,40 @@ def test_shrinking_a_plate_averages_its_strokes_instead_of_aliasing():
     assert abs(crop.mean() - 127.5) < 10 and crop.std() < 20
 
 
-def test_the_detectors_training_crop_holds_whole_plates():
-    """PlateRandomCrop places its crop around a whole plate where one fits (a plain random crop of 320 px
-    rarely holds a 250 px plate whole) and falls back to a plain random crop where none does."""
+@pytest.mark.parametrize("size,plate", [((320, 320), (250, 120)), ((416, 256), (400, 85))])
+def test_the_detectors_training_crop_holds_whole_plates(size, plate):
+    """PlateRandomCrop places its crop (w, h) around a whole plate where one fits (a plain random crop of 320 px
+    rarely holds a 250 px plate whole; the quick preset's wide crop holds a one-row plate 400 px wide) and
+    falls back to a plain random crop where none does."""
     from mmdet.structures.bbox import HorizontalBoxes
 
     import components.mm_parts as parts
 
-    crop = parts.PlateRandomCrop(crop_size=(320, 320), allow_negative_crop=True, whole_prob=1.0)
+    crop = parts.PlateRandomCrop(crop_size=size, allow_negative_crop=True, whole_prob=1.0)
     np.random.seed(0)
+    pw, ph = plate
     for _ in range(50):
-        x, y = np.random.uniform(0, 700), np.random.uniform(0, 400)
+        x, y = np.random.uniform(0, 950 - pw), np.random.uniform(0, 630 - ph)
         results = dict(img=np.zeros((640, 960, 3), np.uint8),
-                       gt_bboxes=HorizontalBoxes(np.float32([[x, y, x + 250, y + 120]])),
+                       gt_bboxes=HorizontalBoxes(np.float32([[x, y, x + pw, y + ph]])),
                        gt_bboxes_labels=np.array([0]), gt_ignore_flags=np.array([False]))
         out = crop(results)
-        assert out["img"].shape[:2] == (320, 320)
+        assert out["img"].shape[:2] == (size[1], size[0])
         w, h = (out["gt_bboxes"].numpy()[0, 2:] - out["gt_bboxes"].numpy()[0, :2])
-        assert (w, h) == pytest.approx((250, 120), abs=1e-3)  # not clipped: whole
-    too_big = dict(img=np.zeros((640, 960, 3), np.uint8), gt_bboxes=HorizontalBoxes(np.float32([[10, 10, 600, 200]])),
+        assert (w, h) == pytest.approx((pw, ph), abs=1e-3)  # not clipped: whole
+    too_big = dict(img=np.zeros((640, 960, 3), np.uint8), gt_bboxes=HorizontalBoxes(np.float32([[10, 10, 600, 300]])),
                    gt_bboxes_labels=np.array([0]), gt_ignore_flags=np.array([False]))
-    assert crop(too_big)["img"].shape[:2] == (320, 320)
+    assert crop(too_big)["img"].shape[:2] == (size[1], size[0])
+
+
+def test_the_quick_detectors_crop_holds_the_widest_one_row_plate():
+    """The widest plate the data step draws (plate_width_max, one-row) at the quick detector's scale: a 640 px
+    photo is looked at as it is, so the plate is as wide in the crop as in the photo."""
+    from configs.model import stage_config
+    from pipeline.config import load_config
+
+    cfg = load_config()
+    det = stage_config("detector", "quick")
+    crop = next(t for t in det["train_pipeline"] if t["type"] == "PlateRandomCrop")
+    widest = cfg.data.plate_width_max * det["input_size"] / cfg.data.min_size
+    assert crop["crop_size"][0] >= widest

@@ -7,13 +7,15 @@ downloaded weights):
   reader    reads each plate crop, stretched to fill `crop_size` (w, h): the text regions (sub_text,
             main_text) and every character (0-9, A-E).
 
-A plate 80 px wide in a 1280 px photo is 32 px wide at the quick detector's 512 px: enough to find it, far
+A plate 80 px wide in a 1280 px photo is 40 px wide at the quick detector's 640 px: enough to find it, far
 too small to read it. Its crop, stretched to 256x96 px, puts characters 20-45 px high in front of the reader
 (stretching makes two-row plates' characters 1.7x wider and one-row plates' 1.3x taller than a crop that
 keeps the plate's aspect).
-The quick detector trains at 512 px (x 0.6-1.25) and looks at 512 px. Looking at 640 px found more small
-plates but lost plates over half the photo wide, larger than any whole plate in its training crops: on the
-validation split 0.917 EIR at 640 against 0.938 at 512, which is also faster (docs/BENCHMARKS.md).
+The quick detector trains at 640 px (x 0.6-1.25) and looks at 640 px: small plates are found more often
+than at 512 px. Its training crops are 416x256 px (the pixels of a 320 px square) and half of them are placed
+around a whole plate: a one-row plate up to 400 px wide fits whole, where square crops left the largest plates'
+boxes cut short. It also takes more text for plates than at 512 px; the reader is trained to read nothing
+on such boxes (negatives mined from the trained detector: components.train).
 
 `stage_config(stage, preset, **overrides)` returns a plain dict (MMDetection's config schema: model,
 pipelines, data loaders, optimiser, schedule) that goes into pipeline.pth as it is, so inference rebuilds
@@ -29,26 +31,26 @@ from serving.labels import CLASSES, PLATE_TYPES
 DETECTOR_CLASSES = PLATE_TYPES
 READER_CLASSES = tuple(c for c in CLASSES if c not in PLATE_TYPES)
 
-# Per preset and stage: network width and depth, input size, batch, iterations, learning rate, data workers,
-# and whether validation and the exported model use an exponential moving average of the weights (ema: the
-# reader's checkpoint-to-checkpoint EIR swung by 3-5 points on the validation split without it).
+# Per preset and stage: network width and depth, input size, training crop (w, h), batch, iterations, learning
+# rate, data workers, and whether validation and the exported model use an exponential moving average of the
+# weights (ema: the reader's checkpoint-to-checkpoint EIR swung by 3-5 points on the validation split without it).
 PRESETS = {
     "quick": {  # CPU, about 30 minutes on 2 cores (docs/BENCHMARKS.md)
-        "detector": dict(widen=0.25, deepen=0.167, input_size=512, train_crop=320, batch_size=8,
-                         max_iters=1100, lr=0.004, workers=2),
+        "detector": dict(widen=0.25, deepen=0.167, input_size=640, train_crop=(416, 256), batch_size=8,
+                         max_iters=1300, lr=0.004, workers=2),
         # the reader's crops load in the main process: on 2 cores, data workers slowed its iterations by 15%
         # (0.228 -> 0.195 s); the detector's whole photos still gain from 2 (0.60 -> 0.56 s; docs/BENCHMARKS.md)
         "reader": dict(widen=0.25, deepen=0.167, crop_size=(256, 96), batch_size=8, max_iters=5200, lr=0.004,
                        workers=0, ema=True),
     },
     "full": {  # GPU, best accuracy
-        "detector": dict(widen=0.5, deepen=0.33, input_size=800, train_crop=512, batch_size=16, max_iters=12000,
-                         lr=0.004, workers=4),
+        "detector": dict(widen=0.5, deepen=0.33, input_size=800, train_crop=(640, 384), batch_size=16,
+                         max_iters=12000, lr=0.004, workers=4),
         "reader": dict(widen=0.5, deepen=0.33, crop_size=(320, 128), batch_size=64, max_iters=12000, lr=0.004,
                        workers=4, ema=True),
     },
     "tiny": {  # tests: a few iterations to exercise training, resume and export
-        "detector": dict(widen=0.125, deepen=0.167, input_size=256, train_crop=192, batch_size=2, max_iters=4,
+        "detector": dict(widen=0.125, deepen=0.167, input_size=256, train_crop=(192, 192), batch_size=2, max_iters=4,
                          lr=0.004, workers=0),
         "reader": dict(widen=0.125, deepen=0.167, crop_size=(128, 48), batch_size=4, max_iters=4, lr=0.004,
                        workers=0, ema=True),
@@ -90,10 +92,10 @@ def _detector(p: dict) -> dict:
         dict(type="RandomResize", scale=(size, size), ratio_range=(0.6, 1.25), keep_ratio=True),
         # train on fixed crops of the resized image: the network is fully convolutional, so it learns the
         # same per-pixel task at a fraction of the cost, and inference still sees the whole image; half the
-        # crops are placed to hold a whole plate, and the scale goes down to 0.6 so that large plates fit
-        dict(type="PlateRandomCrop", crop_size=(p["train_crop"], p["train_crop"]), allow_negative_crop=True),
+        # crops are placed to hold a whole plate; crops are wide (w, h), like the plates
+        dict(type="PlateRandomCrop", crop_size=tuple(p["train_crop"]), allow_negative_crop=True),
         dict(type="RandomFlip", prob=0.5),  # a mirrored plate is still a plate; the reader never flips
-        dict(type="Pad", size=(p["train_crop"], p["train_crop"]), pad_val=dict(img=(114, 114, 114))),
+        dict(type="Pad", size=tuple(p["train_crop"]), pad_val=dict(img=(114, 114, 114))),
         dict(type="PackDetInputs"),
     ]
     test_pipeline = [
