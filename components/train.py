@@ -254,7 +254,7 @@ def mine_negatives(cfg: dict, ckpt: Path, data_dir: Path, out_file: Path, seed: 
     with _trusted_checkpoints():
         state = torch.load(ckpt, map_location="cpu")
     model.load_state_dict(state.get("state_dict", state))
-    model.eval()
+    model.to("cuda" if torch.cuda.is_available() else "cpu").eval()  # its preprocessor moves the images there
     start, found = time.monotonic(), []
     print(f"mining the reader's negatives: the detector on {len(picked)} training images", flush=True)
     for i in picked:
