@@ -7,6 +7,7 @@ numbers: it loads with torch.load(weights_only=True), since a model file can com
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -62,9 +63,7 @@ def export(path: str | Path, stages: dict, metrics: dict | None = None, data_dir
                "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     for stage in STAGES:
         cfg, ckpt = stages[stage]
-        with _full_load():
-            state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        weights = state.get("state_dict", state)
+        weights = checkpoint_weights(ckpt)
         payload[stage] = {"config": _plain(cfg), "state_dict": {k: v.detach().cpu() for k, v in weights.items()},
                           "checkpoint": Path(ckpt).name}
     path = Path(path)
@@ -90,18 +89,29 @@ def stamp(source: str | Path, dest: str | Path, evaluation: dict) -> Path:
     return dest
 
 
-class _full_load:
-    """Our own training checkpoints hold non-tensor state; read them fully (they are ours)."""
-
-    def __enter__(self):
-        self.old = os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
-        os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
-
-    def __exit__(self, *exc):
-        if self.old is None:
+@contextlib.contextmanager
+def trusted_checkpoints():
+    """mmengine's checkpoints hold optimiser state and logs that torch's weights_only loader refuses. Training
+    reads (resumes from, exports) only checkpoints it wrote itself, so allow full loading while it does,
+    then restore."""
+    old = os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
             os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
         else:
-            os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = self.old
+            os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = old
+
+
+def checkpoint_weights(ckpt: str | Path) -> dict:
+    """The model weights in one of our own mmengine training checkpoints."""
+    import torch
+
+    with trusted_checkpoints():
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    return state.get("state_dict", state)
 
 
 def fetch(source: str, out_dir: str | Path) -> Path:

@@ -12,7 +12,6 @@ A finished stage is not trained again.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -20,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from components.export import checkpoint_weights, export, trusted_checkpoints
 from configs.model import stage_config
 from serving.labels import PLATE_TYPES
 
@@ -70,21 +70,6 @@ def check_data(data_dir: Path) -> None:
     if missing:
         raise FileNotFoundError(f"{data_dir} is not a platepipe data set (missing {', '.join(missing)}): "
                                 f"make one with `platepipe data --out {data_dir}`")
-
-
-@contextlib.contextmanager
-def _trusted_checkpoints():
-    """mmengine's checkpoints hold optimiser state and logs that torch's weights_only loader refuses.
-    Resuming reads checkpoints this step wrote itself, so allow full loading while it runs, then restore."""
-    old = os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
-    os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
-        else:
-            os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = old
 
 
 def runner_config(stage: str, cfg: dict, data_dir: Path, work_dir: Path, spec: TrainSpec,
@@ -173,7 +158,7 @@ def train_stage(stage: str, data_dir: Path, out_dir: Path, spec: TrainSpec, nega
     precision = "bf16" if bf16(spec.precision) else "fp32"
     print(f"training {stage} ({spec.preset}: {cfg['max_iters']} iterations, batch {cfg['batch_size']}, {precision})",
           flush=True)
-    with _trusted_checkpoints():
+    with trusted_checkpoints():
         runner = Runner.from_cfg(Config(runner_cfg))
         logging.getLogger("mmengine").setLevel(logging.WARNING)
         runner.train()
@@ -205,7 +190,6 @@ def _best_metrics(work_dir: Path, key: str) -> dict:
 
 def train(data_dir: str | Path, out_dir: str | Path, spec: TrainSpec) -> Path:
     """Train both stages and export OUT/pipeline.pth; return its path."""
-    from components.export import export
 
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     check_data(data_dir)
@@ -230,16 +214,11 @@ def mine_negatives(cfg: dict, ckpt: Path, data_dir: Path, out_file: Path, seed: 
     import cv2
     import numpy as np
     import torch
-    from mmdet.registry import MODELS
-    from mmdet.utils import register_all_modules
-    from mmengine.config import ConfigDict
-    from mmengine.registry import DefaultScope
 
-    from serving.reader import resize_long, run_model
+    from serving.reader import build_model, resize_long, run_model
 
     if out_file.is_file():
         return out_file
-    register_all_modules(init_default_scope=False)
     coco = json.loads((data_dir / "train.json").read_text())
     names = {c["id"]: c["name"] for c in coco["categories"]}
     plates: dict[int, list[list[float]]] = {}
@@ -249,12 +228,8 @@ def mine_negatives(cfg: dict, ckpt: Path, data_dir: Path, out_file: Path, seed: 
             plates.setdefault(a["image_id"], []).append([x, y, x + w, y + h])
     images = coco["images"]
     picked = sorted(np.random.default_rng(seed).permutation(len(images))[:NEGATIVE_IMAGES].tolist())
-    with DefaultScope.overwrite_default_scope("mmdet"):
-        model = MODELS.build(ConfigDict(cfg["model"]))
-    with _trusted_checkpoints():
-        state = torch.load(ckpt, map_location="cpu")
-    model.load_state_dict(state.get("state_dict", state))
-    model.to("cuda" if torch.cuda.is_available() else "cpu").eval()  # its preprocessor moves the images there
+    # on the GPU where there is one: the model's preprocessor moves the images there
+    model = build_model("detector", cfg, checkpoint_weights(ckpt), "cuda" if torch.cuda.is_available() else "cpu")
     start, found = time.monotonic(), []
     print(f"mining the reader's negatives: the detector on {len(picked)} training images", flush=True)
     for i in picked:

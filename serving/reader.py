@@ -38,11 +38,7 @@ class PlateReader:
                  char_score: float = SCORE_THRESHOLD, read_score: float = READ_SCORE,
                  keep_partial: bool = False):
         import torch
-        from mmdet.registry import MODELS
-        from mmdet.utils import register_all_modules
-        from mmengine.config import ConfigDict
 
-        register_all_modules(init_default_scope=True)
         self.device = torch.device(device)
         self.payload = payload
         self.plate_score, self.char_score, self.read_score = plate_score, char_score, read_score
@@ -50,12 +46,7 @@ class PlateReader:
         self.models, self.classes = {}, {}
         for stage in ("detector", "reader"):
             cfg = payload[stage]["config"]
-            model = MODELS.build(ConfigDict(cfg["model"]))
-            missing, unexpected = model.load_state_dict(payload[stage]["state_dict"], strict=False)
-            if missing or unexpected:
-                raise ValueError(f"the {stage} weights do not fit its config (missing {missing[:3]}, "
-                                 f"unexpected {unexpected[:3]}): the file is damaged or from another version")
-            self.models[stage] = model.to(self.device).eval()
+            self.models[stage] = build_model(stage, cfg, payload[stage]["state_dict"], self.device)
             self.classes[stage] = tuple(cfg["classes"])
         self.input_size = int(payload["detector"]["config"]["input_size"])
         self.crop_size = tuple(payload["reader"]["config"]["crop_size"])
@@ -109,6 +100,22 @@ class PlateReader:
                 decoded = reported(decoded, self.read_score)
             out.append(ImageResult(plates=sorted(decoded, key=lambda p: -p["score"]), detections=detections))
         return out
+
+
+def build_model(stage: str, cfg: dict, state_dict: dict, device):
+    """One stage's MMDetection model, built from its config (as in pipeline.pth) with its weights, on device,
+    in eval mode; a clear error where the weights do not fit the config."""
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    from mmengine.config import ConfigDict
+
+    register_all_modules(init_default_scope=True)
+    model = MODELS.build(ConfigDict(cfg["model"]))
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"the {stage} weights do not fit its config (missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]}): the file is damaged or from another version")
+    return model.to(device).eval()
 
 
 def resize_long(img: np.ndarray, size: int) -> tuple[np.ndarray, float]:
