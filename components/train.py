@@ -54,15 +54,14 @@ class TrainSpec:
 
 def bf16(precision: str) -> bool:
     """Whether to train under bfloat16 autocast: always for "bf16", never for "fp32"; for "auto" where the
-    device computes bfloat16 natively (CUDA with bf16 support; a CPU with AVX-512 BF16 or AMX, through oneDNN):
-    elsewhere it is emulated and slower than float32."""
+    device computes bfloat16 natively (serving.reader.native_bf16): elsewhere it is emulated and slower."""
     import torch
+
+    from serving.reader import native_bf16
 
     if precision in ("bf16", "fp32"):
         return precision == "bf16"
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return native_bf16("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def check_data(data_dir: Path) -> None:

@@ -240,3 +240,117 @@ def test_the_time_budget_keeps_back_time_for_the_last_validation(monkeypatch):
     assert (decay.begin, decay.end, decay.T_max) == (round(0.5 * iters), iters, iters - round(0.5 * iters))
     iters, _ = fitted(2.0)
     assert iters == 100 + int((60 - (1.8 + 3.0) - 10) / 0.1)  # 3% + 1.5 x 2 s
+
+
+def _plates_read(plate: Detection, text: str, score: float) -> tuple[dict, list[Detection]]:
+    """The reader's answer for one plate (as PlateReader._read gives it): text read on it, one character box per
+    character, every character scoring `score`."""
+    from serving.plates import decode
+    x1, y1, x2, y2 = plate.bbox
+    step = (x2 - x1) / 8
+    chars = [Detection(c, score, (x1 + (k + 0.5) * step, y1 + 2, x1 + (k + 1.3) * step, y2 - 2))
+             for k, c in enumerate(text) if c != "?"]
+    return decode([plate] + chars, plate_score=0.0, char_score=0.0, keep_partial=True)[0], chars
+
+
+def test_unsure_reads_get_a_second_look_from_a_tighter_crop(trained, data_dir, monkeypatch):
+    """A plate read partly, or whole but scoring under second_look, is read again from its box shrunk by
+    SECOND_LOOK_BOX about its centre; the surer read is kept, with its characters. Sure reads and reads of
+    nothing (text the detector took for a plate) get no second look. Both stages' answers are set here (four
+    training iterations find nothing); the crops are cut by the real code and read by the real tiny reader."""
+    import cv2
+    from mmengine.structures import InstanceData
+
+    from serving import reader as reader_module
+    from serving.reader import SECOND_LOOK, SECOND_LOOK_BOX
+
+    reader = PlateReader(load_pipeline(trained[1]), keep_partial=True)
+    images = [cv2.imread(str(p)) for p in sorted((data_dir / "images").iterdir())[:2]]
+    found = [(10.0, 10.0, 90.0, 40.0), (100.0, 10.0, 180.0, 40.0), (10.0, 60.0, 90.0, 90.0), (100.0, 60.0, 180.0, 90.0)]
+    real_run = reader_module.run_model
+
+    def run_model(model, batch, scales, bf16=False):
+        if model is not reader.models["detector"]:
+            return real_run(model, batch, scales, bf16)
+        return [InstanceData(bboxes=torch.tensor(found), scores=torch.full((4,), 0.9), labels=torch.ones(4, dtype=torch.long)),
+                InstanceData(bboxes=torch.zeros((0, 4)), scores=torch.zeros(0), labels=torch.zeros(0, dtype=torch.long))]
+
+    first_reads = {0: ("12A3456", 0.95), 1: ("12?3456", 0.9), 2: ("", 0.9), 3: ("34B5678", SECOND_LOOK - 0.1)}
+    calls, boxes = [], []
+    real_read = PlateReader._read
+
+    def fake_read(images, plates, keys, shrink):
+        calls.append((shrink, list(keys)))
+        real_read(reader, images, plates, keys, shrink)  # cuts the crops (recorded below) and reads them for real
+        out = []
+        for i, j in keys:  # then answers as set: the second look reads "56C7890" at exactly SECOND_LOOK
+            text, score = first_reads[j] if shrink == 1.0 else ("56C7890", SECOND_LOOK)
+            out.append(_plates_read(plates[i][j], text, score))
+        return out
+
+    real_crop = reader_module.crop_plate
+    monkeypatch.setattr(reader_module, "run_model", run_model)
+    monkeypatch.setattr(reader_module, "crop_plate",
+                        lambda img, box, *a, **k: boxes.append((calls[-1][0], box)) or real_crop(img, box, *a, **k))
+    monkeypatch.setattr(reader, "_read", fake_read)
+    results = reader.predict(images)
+    assert [(s, sorted(k)) for s, k in calls] == [(1.0, [(0, 0), (0, 1), (0, 2), (0, 3)]), (SECOND_LOOK_BOX, [(0, 1), (0, 3)])]
+    sx, sy = SECOND_LOOK_BOX
+    for j, box in zip((1, 3), [b for s, b in boxes if s != 1.0]):
+        x1, y1, x2, y2 = found[j]
+        cx, cy, w, h = (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1
+        assert np.allclose(box, (cx - w * sx / 2, cy - h * sy / 2, cx + w * sx / 2, cy + h * sy / 2))
+    # the kept reads: the sure one as it was, the partial and the unsure one replaced by the surer second look
+    by_box = {tuple(p["bbox"]): p["plate"] for p in results[0].plates}
+    assert by_box == {found[0]: "12A3456", found[1]: "56C7890", found[2]: "???????", found[3]: "56C7890"}
+    groups = []  # detections: each plate, then the characters of its kept read
+    for det in results[0].detections:
+        if det.label in ("r_board", "l_board"):
+            groups.append("")
+        else:
+            groups[-1] += det.label
+    assert groups == ["12A3456", "56C7890", "", "56C7890"]
+    assert results[1].plates == [] and results[1].detections == []
+
+
+def test_second_look_rules():
+    from serving.reader import _unsure
+    assert not _unsure(None, 0.5)
+    assert not _unsure({"plate": "???????", "valid": False, "score": 0.0}, 0.5)  # read nothing: not a plate
+    assert not _unsure({"plate": "12?????", "valid": False, "score": 0.1}, 0.5)  # 2 characters: not a plate
+    assert _unsure({"plate": "12?3456", "valid": False, "score": 0.9}, 0.5)      # partial
+    assert _unsure({"plate": "12A3456", "valid": True, "score": 0.49}, 0.5)      # whole but unsure
+    assert not _unsure({"plate": "12A3456", "valid": True, "score": 0.5}, 0.5)   # sure
+
+
+def test_inference_precision_and_layout(trained, data_dir):
+    """Both networks run with channels-last weights (same results as the plain layout) and, in bf16, compute
+    in bfloat16 while the box decoding and NMS get float32 (mmcv's nms refuses bfloat16)."""
+    import cv2
+    from serving.reader import run_model
+
+    payload = load_pipeline(trained[1])
+    images = [cv2.imread(str(p)) for p in sorted((data_dir / "images").iterdir())[:2]]
+    fp32 = PlateReader(payload, plate_score=0.0, char_score=0.0, keep_partial=True, precision="fp32")
+    bf16 = PlateReader(payload, plate_score=0.0, char_score=0.0, keep_partial=True, precision="bf16")
+    model = fp32.models["detector"]
+    conv = model.backbone.stem[0].conv
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    seen = []
+    handle = conv.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    small = [cv2.resize(img, (256, 192)) for img in images]
+    for flag in (False, True):
+        preds = run_model(model, small, [1.0, 1.0], bf16=flag)
+        assert all(p.bboxes.dtype == torch.float32 and p.scores.dtype == torch.float32 for p in preds)
+    handle.remove()
+    assert seen == [torch.float32, torch.bfloat16]
+    plain = load_pipeline(trained[1])
+    from serving.reader import build_model
+    contiguous = build_model("detector", plain["detector"]["config"], plain["detector"]["state_dict"], "cpu")
+    contiguous = contiguous.to(memory_format=torch.contiguous_format)
+    a, b = run_model(model, small, [1.0, 1.0]), run_model(contiguous, small, [1.0, 1.0])
+    for pa, pb in zip(a, b):
+        assert torch.allclose(pa.scores, pb.scores, atol=1e-4) and torch.allclose(pa.bboxes, pb.bboxes, atol=1e-2)
+    assert len(bf16.predict(images)) == len(fp32.predict(images)) == 2
+    with pytest.raises(ValueError, match="precision must be auto, fp32 or bf16"):
+        PlateReader(payload, precision="fp16")
