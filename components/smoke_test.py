@@ -84,7 +84,16 @@ class Result:
     problems: list[str] = field(default_factory=list)
     latency_ms: float | None = None
     read_status: list[str] = field(default_factory=list)  # per read: ok | wrong | extra
+    paired: dict = field(default_factory=dict)  # labelled plate index -> index of its read in got
     correct: int = 0
+
+    def reads_aligned(self) -> list[str]:
+        """The reads in the labelled plates' order ("(missing)" where one was not read), extras after."""
+        if not self.got:
+            return ["(none)"]
+        lines = [show_read(self.got[self.paired[i]]) if i in self.paired else "(missing)"
+                 for i in range(len(self.sample.truth))]
+        return lines + [show_read(p) for j, p in enumerate(self.got) if j not in self.paired.values()]
 
     @property
     def passed(self) -> bool:
@@ -392,6 +401,7 @@ def check(sample: Sample, got: list) -> Result:
         result.problems += shape_problems(plate, sample.width, sample.height)
     dicts = [p if isinstance(p, dict) else {} for p in got]
     paired, extra = pair(sample.truth, dicts)
+    result.paired = dict(paired)
     result.read_status = ["extra"] * len(got)
     for i, t in enumerate(sample.truth):
         if i not in paired:
@@ -496,7 +506,7 @@ def table(results: list[Result], problem_width: int = 72) -> str:
         problems = [line for p in r.problems for line in textwrap.wrap(p, problem_width, subsequent_indent="  ",
                                                                           break_on_hyphens=False)]
         rows.append(([r.sample.name], [show_truth(t) for t in r.sample.truth] or ["(no plate)"],
-                     [show_read(p) for p in r.got] or ["(none)"], problems or ["ok"]))
+                     r.reads_aligned(), problems or ["ok"]))
     widths = [max([len(head[c])] + [len(line) for row in rows for line in row[c]]) for c in range(4)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip(),
              "  ".join("-" * w for w in widths)]
@@ -535,7 +545,7 @@ def write_html(path: Path, summary: dict, results: list[Result]) -> None:
         thumb = f"<img src='data:image/jpeg;base64,{thumbnail(r)}'>"
         rows.append(f"<tr class='{'ok' if r.passed else 'bad'}'><td>{thumb}</td>{cell([r.sample.name, r.sample.source])}"
                     + cell([show_truth(t) for t in r.sample.truth] or ["(no plate)"])
-                    + cell([show_read(p) for p in r.got] or ["(none)"])
+                    + cell(r.reads_aligned())
                     + cell(r.problems or ["ok"])
                     + cell([f"{r.latency_ms} ms" if r.latency_ms is not None else ""]) + "</tr>")
     facts = [("endpoint", f"{summary['endpoint']} ({summary['protocol']})"), ("images", summary["images"]),

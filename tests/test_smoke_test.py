@@ -201,6 +201,23 @@ def test_a_fault_fails_and_is_named_in_the_table(stub, samples, tmp_path, fault)
     assert html.escape(wanted[0]) in page
 
 
+def test_table_lines_reads_up_with_the_plates_they_read(stub, samples, tmp_path):
+    """Reads come back in any order: each one sits on its labelled plate's line, a missed plate says so on
+    its own line, and an extra read comes after the labelled ones."""
+    s = samples[1]
+    assert len(s.truth) == 3
+    other = {"type": "l_board", "text": "12A3456", "bbox": (10, 10, 170, 44)}
+    stub.reader.faults[s.name] = lambda plates, s: [perfect(other, (s.width, s.height))] + plates[:0:-1]
+    with pytest.raises(st.SmokeTestFailed) as err:
+        run(stub, tmp_path / "out")
+    lines = err.value.summary["table"].splitlines()
+    expected, got, problems = (lines[0].index(h) for h in ("expected", "got", "problems"))
+    first = next(i for i, line in enumerate(lines) if line.startswith(s.name + " "))
+    row = [(line[expected:got].strip(), line[got:problems].strip()) for line in lines[first:first + 4]]
+    t = [f"{x['type']} {x['text']}" for x in s.truth]
+    assert row == [(t[0], "(missing)"), (t[1], t[1]), (t[2], t[2]), ("", "l_board 12A3456")]
+
+
 @pytest.mark.parametrize("protocol", ["v1", "v2"])
 def test_kserve_protocols(stub, samples, tmp_path, protocol):
     summary = run(stub, tmp_path / "out", protocol=protocol)
