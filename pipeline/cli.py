@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import signal
 import sys
 import tempfile
 import warnings
@@ -675,6 +676,29 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    with _stop_on_sigterm():
+        return _call(args)
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm():
+    """`kill PID` (a job scheduler, a timeout) stops the command the way Ctrl-C does, so that what it started
+    (fake-gcs-server, TorchServe, pipeline steps) is stopped too."""
+    def stop(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _call(args) -> int:
     try:
         return args.func(args)
     except (ConfigError, ValueError, FileExistsError, FileNotFoundError, OSError, RuntimeError) as exc:

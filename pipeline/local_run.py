@@ -42,6 +42,9 @@ class StepLine:
     status: str = "running"
 
 
+KFP_INDENT = "    "
+
+
 class StepTracker(io.TextIOBase):
     """Stands in for stdout while kfp.local runs: keeps its whole log in a file and shows a step list."""
 
@@ -82,7 +85,8 @@ class StepTracker(io.TextIOBase):
         elif self._in_json:
             self._in_json = line != "    }"
         elif self._streaming and not NOISE.search(line):
-            self.out.write(f"      {line.strip()}\n")
+            # kfp.local indents a step's lines by 4; keep the step's own indentation (tables)
+            self.out.write(f"      {line.removeprefix(KFP_INDENT).rstrip()}\n")
         self.out.flush()
 
     def close(self) -> None:
@@ -141,6 +145,9 @@ def run_local(cfg: Config, out: str | None = None, keep_serving: bool = False, e
             sys.stdout = tracker
             try:
                 pipeline_fn(config=dump_config(cfg), deploy_target="local")
+            except KeyboardInterrupt:
+                stop_children()  # the running step (kfp.local waits for it, and it would train on)
+                raise
             finally:
                 sys.stdout = sys.__stdout__
                 tracker.close()
@@ -155,6 +162,36 @@ def run_local(cfg: Config, out: str | None = None, keep_serving: bool = False, e
                 tasks.stop_local_serving(run_dir)
     summary(run_dir, tracker.steps, time.monotonic() - started, ok, keep_serving, echo)
     return 0 if ok else 1
+
+
+def stop_children(timeout: float = 10.0) -> None:
+    """Terminate this process's child processes and theirs (then kill what is left after timeout)."""
+    import signal
+
+    def children(pid: int) -> list[int]:
+        found = []
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                found += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                pass
+        return found + [g for c in found for g in children(c)]
+
+    pids = children(os.getpid())
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in pids):
+            for pid in pids:  # reap our own children so they do not linger as zombies
+                try:
+                    os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+            time.sleep(0.1)
 
 
 def summary(run_dir: Path, steps: list[StepLine], seconds: float, ok: bool, keep_serving: bool, echo) -> None:

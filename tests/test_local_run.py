@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,13 @@ def test_whole_pipeline_runs_and_a_failing_smoke_test_rolls_back(tmp_path):
     # the smoke test's table, and the rollback
     assert re.search(r"image\s+expected\s+got\s+problems", out.stdout), log
     assert "missing" in out.stdout and "rolled back: stopped the local TorchServe" in out.stdout
+    # the table keeps its columns in the step list: every labelled plate under "expected"
+    lines = out.stdout.splitlines()
+    head = next(i for i, line in enumerate(lines) if re.search(r"image\s+expected\s+got\s+problems", line))
+    body = lines[head + 2:lines.index(next(line for line in lines[head:] if "report:" in line))]
+    plates = [re.search(r"[rl]_board \d\d[A-E]\d{4}", line) for line in body]
+    assert len([p for p in plates if p]) >= 2 and len(body) > sum(1 for line in body if ".jpg" in line), log
+    assert {p.start() for p in plates if p} == {lines[head].index("expected")}, log
     run_dir = tmp_path / "run"
     # the upload went to the bucket (fake-gcs-server keeps it under RUN/gcs) in KServe's layout
     marker = json.loads((run_dir / "steps" / "upload.json").read_text())
@@ -83,3 +91,48 @@ def test_existing_run_folder_is_refused(tmp_path):
     assert out.returncode == 2
     assert "exists and is not empty" in out.stderr
     assert (tmp_path / "run" / "keep.txt").read_text() == "mine"
+
+
+def descendants(pid: int) -> set[int]:
+    found = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found |= {int(c) for c in (task / "children").read_text().split()}
+        except OSError:
+            pass
+    return found | {g for c in found for g in descendants(c)}
+
+
+@pytest.mark.timeout(300)
+def test_sigterm_stops_the_run_and_everything_it_started(tmp_path):
+    """`kill PID` mid-training (as a job scheduler or `timeout` does) stops the training step and
+    fake-gcs-server too, and says so."""
+    ports = [server.free_port() for _ in range(3)]
+    args = [str(PLATEPIPE), "run", "--local", "--out", str(tmp_path / "run"), *TINY, "--set", "train.max_iters=100000",
+            "--set", f"serving.inference_port={ports[0]}", "--set", f"serving.management_port={ports[1]}",
+            "--set", f"serving.metrics_port={ports[2]}"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:
+            if line.startswith("[2] train or fetch ..."):
+                break
+        else:
+            pytest.fail("the run ended before training: " + proc.stderr.read())
+        started = set()
+        for _ in range(100):  # the training step and fake-gcs-server
+            started = descendants(proc.pid)
+            names = [Path(f"/proc/{p}/cmdline").read_bytes() for p in started if Path(f"/proc/{p}").exists()]
+            if any(b"fake-gcs-server" in n for n in names) and any(b"executor_main" in n for n in names):
+                break
+            time.sleep(0.1)
+        assert len(started) >= 2, started
+        time.sleep(2)  # training under way
+        proc.terminate()
+        assert proc.wait(timeout=60) == 130
+        assert "platepipe run: interrupted" in proc.stderr.read()
+        alive = [p for p in started if Path(f"/proc/{p}").exists()
+                 and Path(f"/proc/{p}/stat").read_text().split(") ")[-1][0] != "Z"]
+        assert alive == [], alive
+    finally:
+        proc.kill()
+        proc.wait()
