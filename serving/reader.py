@@ -107,7 +107,7 @@ class PlateReader:
         (x, y)) about their centres, in one reader batch: (the decoded plate or None, its characters) each."""
         if not keys:
             return []
-        sx, sy = (shrink, shrink) if isinstance(shrink, float) else shrink
+        sx, sy = (shrink, shrink) if isinstance(shrink, (int, float)) else shrink
         crops, transforms = [], []
         for i, j in keys:
             x1, y1, x2, y2 = plates[i][j].bbox
@@ -161,7 +161,10 @@ def native_bf16(device) -> bool:
 
     if torch.device(device).type == "cuda":
         return torch.cuda.is_bf16_supported()
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    try:  # a private oneDNN query: a torch build without it counts as no native bfloat16
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def resize_long(img: np.ndarray, size: int) -> tuple[np.ndarray, float]:

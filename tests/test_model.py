@@ -354,3 +354,12 @@ def test_inference_precision_and_layout(trained, data_dir):
     assert len(bf16.predict(images)) == len(fp32.predict(images)) == 2
     with pytest.raises(ValueError, match="precision must be auto, fp32 or bf16"):
         PlateReader(payload, precision="fp16")
+
+
+def test_native_bf16_is_a_plain_answer_even_without_onednn(monkeypatch):
+    import torch
+
+    from serving.reader import native_bf16
+    assert native_bf16("cpu") is bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    monkeypatch.setattr(torch.ops, "mkldnn", object())  # a torch build without the oneDNN query
+    assert native_bf16("cpu") is False
