@@ -401,7 +401,7 @@ def check(sample: Sample, got: list) -> Result:
         result.problems += shape_problems(plate, sample.width, sample.height)
     dicts = [p if isinstance(p, dict) else {} for p in got]
     paired, extra = pair(sample.truth, dicts)
-    result.paired = dict(paired)
+    result.paired = paired
     result.read_status = ["extra"] * len(got)
     for i, t in enumerate(sample.truth):
         if i not in paired:

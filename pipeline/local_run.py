@@ -164,20 +164,22 @@ def run_local(cfg: Config, out: str | None = None, keep_serving: bool = False, e
     return 0 if ok else 1
 
 
+def descendants(pid: int) -> list[int]:
+    """The process ids of pid's children and theirs, from /proc (empty where there is none)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return found + [g for c in found for g in descendants(c)]
+
+
 def stop_children(timeout: float = 10.0) -> None:
     """Terminate this process's child processes and theirs (then kill what is left after timeout)."""
     import signal
 
-    def children(pid: int) -> list[int]:
-        found = []
-        for task in Path(f"/proc/{pid}/task").glob("*"):
-            try:
-                found += [int(c) for c in (task / "children").read_text().split()]
-            except OSError:
-                pass
-        return found + [g for c in found for g in children(c)]
-
-    pids = children(os.getpid())
+    pids = descendants(os.getpid())
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in pids:
             try:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.local_run import descendants
 from serving import server
 
 PLATEPIPE = Path(sys.executable).with_name("platepipe")
@@ -93,16 +94,6 @@ def test_existing_run_folder_is_refused(tmp_path):
     assert (tmp_path / "run" / "keep.txt").read_text() == "mine"
 
 
-def descendants(pid: int) -> set[int]:
-    found = set()
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            found |= {int(c) for c in (task / "children").read_text().split()}
-        except OSError:
-            pass
-    return found | {g for c in found for g in descendants(c)}
-
-
 @pytest.mark.timeout(300)
 def test_sigterm_stops_the_run_and_everything_it_started(tmp_path):
     """`kill PID` mid-training (as a job scheduler or `timeout` does) stops the training step and
@@ -120,7 +111,7 @@ def test_sigterm_stops_the_run_and_everything_it_started(tmp_path):
             pytest.fail("the run ended before training: " + proc.stderr.read())
         started = set()
         for _ in range(100):  # the training step and fake-gcs-server
-            started = descendants(proc.pid)
+            started = set(descendants(proc.pid))
             names = [Path(f"/proc/{p}/cmdline").read_bytes() for p in started if Path(f"/proc/{p}").exists()]
             if any(b"fake-gcs-server" in n for n in names) and any(b"executor_main" in n for n in names):
                 break
