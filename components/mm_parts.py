@@ -4,6 +4,8 @@
   PlateRandomCrop   the detector's training crop, often placed to hold a whole plate
   CropPlate         cuts the plate out (with jitter when training) at the reader's input size
   PlateReadMetric   exact read rate (EIR) of the reader on plate crops, for best-checkpoint selection
+  MineNegativesHook the reader's negatives mined with the detector's weights part-way through its training
+  DetectorWatchHook the reader's watch on the detector trained beside it (cores, failure)
   TimeBudgetHook    fits training into a wall-clock budget (fewer iterations, schedule fitted), then stops
   ProgressHook      one line per log interval: iteration, percent, elapsed, ETA
   BF16OptimWrapper  the forward pass and loss in bfloat16 autocast on CPU or GPU, the weights in float32
@@ -11,6 +13,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import os.path as osp
 import time
@@ -43,13 +47,27 @@ class PlateCropDataset(BaseDetDataset):
 
     negatives: a JSON file of boxes in the images that are not plates ({"file_name", "bbox", "height",
     "width"}; components.train.mine_negatives writes it): each becomes an entry with nothing to read, so the
-    reader learns to read nothing where the detector takes text or clutter for a plate."""
+    reader learns to read nothing where the detector takes text or clutter for a plate. The file may appear
+    while the reader trains (the detector trains beside it and mines them at its end): until then the dataset
+    holds `negative_share` x the plate count places for them, each standing in for a plate, and every load
+    looks for the file (at most once a second, in whichever process loads the data)."""
 
     METAINFO = {"classes": READER_CLASSES}
 
-    def __init__(self, *args, negatives: str | None = None, **kwargs):
-        self.negatives = negatives  # before the base class loads the data list
+    def __init__(self, *args, negatives: str | None = None, negative_share: float = 0.25, **kwargs):
+        self.negatives, self.negative_share = negatives, negative_share  # before the base class loads the data
+        self._negative_entries: list[dict] | None = None
+        self._looked = 0.0
+        self.negative_slots = 0
         super().__init__(*args, **kwargs)
+
+    def full_init(self) -> None:
+        if self._fully_initialized:
+            return
+        super().full_init()
+        if self.negatives:  # the negatives' places: as many as there are where the file is there, else the share
+            found = self._loaded_negatives()
+            self.negative_slots = len(found) if found is not None else int(self.negative_share * super().__len__())
 
     def load_data_list(self) -> list[dict]:
         with open(self.ann_file) as f:
@@ -71,20 +89,40 @@ class PlateCropDataset(BaseDetDataset):
                         instances.append({"bbox": [x, y, x + w, y + h], "bbox_label": label_of[name], "ignore_flag": 0})
                 x, y, w, h = plate["bbox"]
                 entries.append({
-                    "img_path": osp.join(self.data_prefix.get("img", "") or self.data_root or "", image["file_name"]),
+                    "img_path": self._image_path(image["file_name"]),
                     "img_id": plate["id"], "height": image["height"], "width": image["width"],
                     "plate_bbox": [x, y, x + w, y + h], "plate_type": names[plate["category_id"]],
                     "plate_text": plate.get("text", ""), "instances": instances,
                 })
-        if self.negatives:
-            with open(self.negatives) as f:
-                for k, neg in enumerate(json.load(f)):
-                    entries.append({
-                        "img_path": osp.join(self.data_prefix.get("img", "") or self.data_root or "", neg["file_name"]),
-                        "img_id": 10**9 + k, "height": neg["height"], "width": neg["width"],
-                        "plate_bbox": list(neg["bbox"]), "plate_type": "none", "plate_text": "", "instances": [],
-                    })
         return entries
+
+    def _image_path(self, file_name: str) -> str:
+        return osp.join(self.data_prefix.get("img", "") or self.data_root or "", file_name)
+
+    def _loaded_negatives(self) -> list[dict] | None:
+        """The negatives as entries, or None while their file is not there (looked for at most once a second)."""
+        if self._negative_entries is None and self.negatives and time.monotonic() - self._looked >= 1.0:
+            self._looked = time.monotonic()
+            if osp.isfile(self.negatives):
+                with open(self.negatives) as f:
+                    self._negative_entries = [{
+                        "img_path": self._image_path(neg["file_name"]), "img_id": 10**9 + k, "height": neg["height"],
+                        "width": neg["width"], "plate_bbox": list(neg["bbox"]), "plate_type": "none",
+                        "plate_text": "", "instances": []} for k, neg in enumerate(json.load(f))]
+        return self._negative_entries
+
+    def __len__(self) -> int:
+        return super().__len__() + self.negative_slots
+
+    def get_data_info(self, idx: int) -> dict:
+        plates = super().__len__()
+        if idx < plates:
+            return super().get_data_info(idx)
+        k = idx - plates  # a negative's place: the negative, or a plate while there is none for it (yet)
+        negatives = self._loaded_negatives() or []
+        if k < len(negatives):
+            return dict(copy.deepcopy(negatives[k]), sample_idx=idx)
+        return super().get_data_info(k % plates)
 
 
 @TRANSFORMS.register_module(force=True)
@@ -209,34 +247,58 @@ class _Pred:
 class TimeBudgetHook(Hook):
     """Fit training into `minutes` of wall clock.
 
-    Every 5% of the budget, until the learning-rate decay begins, it measures the pace and fits the schedule
-    to the time left: fewer iterations than the preset's where those would not fit, with the decay moved to
-    the new end, so the model still gets its whole schedule (a cut-off cosine leaves the learning rate high
-    and the model worse). The pace is wall clock per iteration, validations included; what it keeps back is
-    for the last validation and for the pace changing after the fit (1.5 times the longest validation seen
-    plus 3% of the budget; `reserve` of the budget until a validation is seen). Whatever happens after that,
-    it stops at the budget; the loop then validates and checkpoints as at its last iteration."""
+    Every 5% of the budget, until its last 5%, it measures the pace of the last stretch (the last 10% of the
+    budget, validations left out) and fits the schedule to the time left: fewer iterations than planned where
+    those would not fit, never more; the learning-rate decay begins at the same fraction of the new schedule and
+    ends at its end (a decay under way is stretched or shortened from where it is: mmengine's cosine is
+    chainable, so the rate goes on smoothly from its value to its floor at the new end); the first validation
+    and the weight average (EMA) follow the new length. A cut-off cosine would leave the learning rate high and
+    the model worse. What it keeps back is for the validations still to come (each as long as the longest seen;
+    until one is seen, VAL_PER_BATCH training iterations per validation batch, or `reserve` of the budget
+    where the validation's length is unknown) and 2% of the budget. Whatever happens after that, it stops at
+    the budget; the loop then validates and checkpoints as at its last iteration."""
 
     priority = "LOW"
+    STRETCH = 0.05  # of the budget between two fits; the pace is measured over the last two stretches
+    # a validation batch (half a training batch, no backward pass) took 0.5-0.6 training iterations on 2 cores
+    # (reader and detector of the quick preset): a little more is assumed until one has been timed
+    VAL_PER_BATCH = 0.75
 
     def __init__(self, minutes: float | None = None, reserve: float = 0.1):
         self.seconds = minutes * 60 if minutes else None
-        self.reserve = reserve  # of the budget kept back for the last validation, until one has been timed
-        self.started = self.first = self.measured = self.val_started = None
-        self.first_iter = self.first_done = self.measured_done = 0
+        self.reserve = reserve  # of the budget kept back for each validation, until one can be estimated
+        self.val_batches: int | None = None  # the validation's length in batches, where known
+        self.started = self.val_started = None
+        self.first_iter = 0
+        self.marks: list[tuple[float, int, float]] = []  # (time, iteration, validation seconds so far) per fit
         self.val_seconds = 0.0  # the longest validation so far
-        self.planned: tuple[int, list[float]] | None = None  # the preset's iterations and decay starts (fractions)
+        self.val_total = 0.0
+        self.planned: tuple[int, list[float], float] | None = None  # iterations, decay starts, first validation
 
     def before_val_epoch(self, runner) -> None:
         self.val_started = time.monotonic()
 
     def after_val_epoch(self, runner, metrics=None) -> None:
         if self.val_started is not None:
-            self.val_seconds = max(self.val_seconds, time.monotonic() - self.val_started)
+            took = time.monotonic() - self.val_started
+            self.val_seconds, self.val_total = max(self.val_seconds, took), self.val_total + took
+
+    @contextmanager
+    def paused(self):
+        """Time spent inside is no training (mining, say): left out of the pace, as validations are."""
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.val_total += time.monotonic() - started
 
     def before_train(self, runner) -> None:
         self.started = time.monotonic()
         self.first_iter = runner.iter
+        try:
+            self.val_batches = len(runner.val_loop.dataloader)
+        except (AttributeError, RuntimeError, TypeError):  # no validation loop, or one of unknown length
+            self.val_batches = None
         fitted = [s.end for s in self._decays(runner) if s.end < runner.train_loop._max_iters]
         if self.seconds and fitted:  # resumed from a run whose schedule was fitted to the budget: keep its end
             runner.train_loop._max_iters = min(fitted)
@@ -253,12 +315,12 @@ class TimeBudgetHook(Hook):
             return
         done, now = runner.iter + 1 - self.first_iter, time.monotonic()
         if done == 5:  # the first iterations pay for start-up: time from here
-            self.first, self.first_done = now, done
-            self.measured, self.measured_done = now, done
-        elif (self.first is not None and done - self.measured_done >= 20
-              and now - self.measured >= 0.05 * self.seconds):  # time to look at the pace again
-            self.measured, self.measured_done = now, done
-            self._fit(runner, (now - self.first) / (done - self.first_done))
+            self.marks = [(now, runner.iter + 1, self.val_total)]
+        elif (self.marks and runner.iter + 1 - self.marks[-1][1] >= 20 and now - self.marks[-1][0] >= self.STRETCH
+              * self.seconds and now - self.started < 0.95 * self.seconds):  # time to look at the pace again
+            self.marks.append((now, runner.iter + 1, self.val_total))
+            then, at, val_then = self.marks[max(0, len(self.marks) - 3)]
+            self._fit(runner, (now - then - (self.val_total - val_then)) / (runner.iter + 1 - at))
         if now - self.started > self.seconds:
             loop = runner.train_loop
             if loop._max_iters > runner.iter + 1:
@@ -266,30 +328,97 @@ class TimeBudgetHook(Hook):
                                       f"{runner.iter + 1}: finishing")
                 loop._max_iters = runner.iter + 1
 
+    def _validations(self, loop, step: int, iters: int) -> int:
+        """How many validations a schedule of `iters` iterations still holds after `step` (the last included)."""
+        first = max(step + 1, self._val_begin(iters))
+        return max(0, (iters - 1) // loop.val_interval - (first - 1) // loop.val_interval) + 1
+
+    def _val_begin(self, iters: int) -> int:
+        return max(1, round(self.planned[2] * iters))
+
     def _fit(self, runner, per_iter: float) -> None:
+        """Fit the schedule to the time left, at per_iter seconds per iteration (validations left out)."""
         loop, step = runner.train_loop, runner.iter + 1
         decays = self._decays(runner)
-        if any(s.begin <= step for s in decays):
-            return  # the decay has begun: too late to move it
         if self.planned is None:
-            self.planned = loop._max_iters, [s.begin / loop._max_iters for s in decays]
-        planned, starts = self.planned
-        kept_back = (0.03 * self.seconds + 1.5 * self.val_seconds) if self.val_seconds else self.reserve * self.seconds
-        left = self.seconds - kept_back - (time.monotonic() - self.started)
-        fits = min(planned, max(step + 2, step + int(left / per_iter)))
+            self.planned = (loop._max_iters, [s.begin / loop._max_iters for s in decays],
+                            getattr(loop, "val_begin", 1) / loop._max_iters)
+        planned, starts, _ = self.planned
+        left = 0.98 * self.seconds - (time.monotonic() - self.started)
+        fits = planned
+        one_val = (self.val_seconds or (self.VAL_PER_BATCH * self.val_batches * per_iter if self.val_batches
+                                        else self.reserve * self.seconds))
+        for _ in range(3):  # the validations kept back for depend on the length, and the length on them
+            kept_back = self._validations(loop, step, fits) * one_val
+            fits = min(planned, max(step + 2, step + int((left - kept_back) / max(per_iter, 1e-6))))
         if fits == loop._max_iters:
             return
         # say it the first time and when it changes by more than 5%, not at every small correction
         worth_saying = loop._max_iters == planned or abs(fits - loop._max_iters) > 0.05 * loop._max_iters
-        for s, start in zip(decays, starts):  # the decay starts at the same fraction of the schedule
-            s.begin = max(step + 1, round(start * fits))
+        for s, start in zip(decays, starts):
+            if s.begin > step:  # not begun: it begins at the same fraction of the new schedule
+                s.begin = max(step + 1, round(start * fits))
             s.end = fits
             s.T_max = s.end - s.begin
         loop._max_iters = fits
-        line = (f"{self.seconds / 60:.1f} min time budget at {per_iter:.2f} s per iteration: training {fits} of "
-                f"{planned} iterations, learning-rate schedule fitted")
+        if hasattr(loop, "val_begin"):
+            loop.val_begin = self._val_begin(fits)
+        for hook in getattr(runner, "hooks", []):  # the weight average settles to the new schedule's end
+            if type(hook).__name__ == "EMAHook" and hasattr(hook, "ema_model"):
+                hook.ema_model.momentum, hook.ema_model.gamma = ema_momentum(fits)
         if worth_saying:
-            print(f"  {line}", flush=True)
+            stage = osp.basename(str(getattr(runner, "work_dir", "")).rstrip("/")) or "training"
+            print(f"  {stage}: {self.seconds / 60:.1f} min time budget at {per_iter:.2f} s per iteration: training {fits} of "
+                  f"{planned} iterations, learning-rate schedule fitted", flush=True)
+
+
+def ema_momentum(iters: int) -> tuple[float, int]:
+    """ExpMomentumEMA's (momentum, gamma) for a schedule of `iters` iterations: the momentum starts near 1 (the
+    average follows the model while that changes fast) and settles to about 1 / (iters / 6), so that at the
+    end it averages over the last sixth of the schedule, the learning-rate decay."""
+    return min(0.5, 6 / iters), max(1, iters // 10)
+
+
+class MineNegativesHook(Hook):
+    """Mine the reader's negatives with the detector's weights as they are at `at` of its schedule (once; the
+    time it takes is no training for the time budget): `mine(model)` does it (components.train)."""
+
+    priority = "LOW"
+
+    def __init__(self, at: float, mine):
+        self.at, self.mine, self.done = at, mine, False
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+        if self.done or runner.iter + 1 < round(self.at * runner.train_loop.max_iters):
+            return
+        self.done = True
+        budget = next((h for h in runner.hooks if isinstance(h, TimeBudgetHook)), None)
+        with budget.paused() if budget else contextlib.nullcontext():
+            self.mine(runner.model)
+
+
+class DetectorWatchHook(Hook):
+    """The reader's hook while the detector trains beside it in a child process (components.train): every 10
+    iterations it looks whether that process is done, and then gives the reader every core; it stops the
+    reader when the detector failed."""
+
+    priority = "LOW"
+
+    def __init__(self, child, cores: int):
+        self.child, self.cores, self.done = child, cores, False
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+        if self.done or (runner.iter + 1) % 10:
+            return
+        code = self.child.poll()
+        if code is None:
+            return
+        if code:
+            raise RuntimeError(f"training the detector failed (exit code {code}; its output is above): "
+                               "the reader stops too")
+        self.done = True
+        torch.set_num_threads(self.cores)
+        print(f"  detector done: the reader goes on with its negatives on {self.cores} cores", flush=True)
 
 
 @HOOKS.register_module(force=True)

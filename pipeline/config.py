@@ -97,6 +97,7 @@ class TrainConfig(_Section):
     resume: bool
     time_budget_min: Optional[float]
     precision: Literal["auto", "fp32", "bf16"]
+    parallel: Literal["auto", "on", "off"]
 
     def check(self) -> None:
         _positive(self, "max_iters", "batch_size", "lr", "val_interval", "time_budget_min")

@@ -27,7 +27,10 @@ START = re.compile(r"Executing task '?([\w-]+)'?")
 END = re.compile(r"Task '?([\w-]+)'? finished with status (\w+)")
 # library chatter that says nothing to the person running the pipeline (it stays in RUN/kfp.log)
 NOISE = re.compile(r"FutureWarning|UserWarning|warnings\.warn|torch\.cuda\.amp|_VF\.meshgrid|^\s*$|\[KFP Executor|"
-                   r" - mmengine - (INFO|WARNING) - ")
+                   r" - mmengine - (INFO|WARNING) - |^\s*(loading annotations into memory|Done \(t=|creating index|"
+                   r"index created|Loading and preparing results|DONE \(t=|Running per image evaluation|Evaluate annotation|"
+                   r"Accumulating evaluation results|Average (Precision|Recall) +\(A[PR]\) @)")
+# (pycocotools' own lines: the ProgressHook prints each validation's figures on one line instead)
 STEP_NAMES = {"data-step": "data", "train-step": "train or fetch", "evaluate-step": "evaluate",
               "gate-failed-step": "gate failed", "export-step": "export", "archive-step": "archive",
               "upload-step": "upload", "deploy-step": "deploy", "smoke-test-step": "smoke test"}

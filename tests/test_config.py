@@ -32,7 +32,7 @@ DOCUMENTED = {
     "data.split_test": 0.1, "data.backgrounds": None, "data.plate_width_min": 80, "data.plate_width_max": 400,
     "model.preset": "quick", "model.pretrained": None, "model.device": "auto",
     "train.max_iters": None, "train.batch_size": None, "train.lr": None, "train.resume": True,
-    "train.time_budget_min": None, "train.precision": "auto",
+    "train.time_budget_min": None, "train.precision": "auto", "train.parallel": "auto",
     "evaluate.min_eir": 0.95, "evaluate.score_threshold": 0.4, "evaluate.iou_threshold": 0.5,
     "evaluate.report_worst": 12,
     "serving.model_name": "pipeline", "serving.inference_port": 8085, "serving.management_port": 8081,

@@ -210,9 +210,10 @@ def test_a_time_budget_fits_the_schedule_instead_of_cutting_it(data_dir, tmp_pat
     assert lr == pytest.approx(floor, rel=0.2)  # the decay ran its course (a cut-off run stays near cfg["lr"])
 
 
-def test_the_time_budget_keeps_back_time_for_the_last_validation(monkeypatch):
-    """The fit plans iterations for the budget less what the last validation needs: 10% of the budget before any
-    validation was timed, then 1.5 times the longest validation plus 3%."""
+def _fitted(monkeypatch, val_seconds: float, val_interval: int = 100000, decay_begin: int = 2500, step: int = 100,
+            ema=None, val_batches: int | None = None):
+    """A TimeBudgetHook of 60 s asked to fit a 5,000-iteration schedule at iteration `step`, 10 s in, at 0.1 s
+    per iteration, after one validation of val_seconds (0: none yet)."""
     from types import SimpleNamespace
 
     import components.mm_parts as parts
@@ -220,26 +221,81 @@ def test_the_time_budget_keeps_back_time_for_the_last_validation(monkeypatch):
     class CosineAnnealingLR(SimpleNamespace):
         pass
 
-    def fitted(val_seconds):
-        hook = parts.TimeBudgetHook(minutes=1.0)
-        clock = [1000.0]
-        monkeypatch.setattr(parts.time, "monotonic", lambda: clock[0])
-        hook.before_train(SimpleNamespace(iter=0, param_schedulers=[], train_loop=SimpleNamespace(_max_iters=5000)))
-        if val_seconds:
-            hook.before_val_epoch(None)
-            clock[0] += val_seconds
-            hook.after_val_epoch(None)
-        clock[0] = 1010.0  # 10 s of the 60 gone
-        decay = CosineAnnealingLR(begin=2500, end=5000, T_max=2500)
-        runner = SimpleNamespace(iter=99, param_schedulers=[decay], train_loop=SimpleNamespace(_max_iters=5000))
-        hook._fit(runner, per_iter=0.1)
-        return runner.train_loop._max_iters, decay
+    class EMAHook(SimpleNamespace):
+        pass
 
-    iters, decay = fitted(0)
-    assert iters == 100 + int((60 - 6 - 10) / 0.1)  # 10% kept back
+    hook = parts.TimeBudgetHook(minutes=1.0)
+    clock = [1000.0]
+    monkeypatch.setattr(parts.time, "monotonic", lambda: clock[0])
+    loop = SimpleNamespace(_max_iters=5000, val_interval=val_interval, val_begin=2500)
+    start = SimpleNamespace(iter=0, param_schedulers=[], train_loop=loop)
+    if val_batches:
+        start.val_loop = SimpleNamespace(dataloader=[None] * val_batches)
+    hook.before_train(start)
+    if val_seconds:
+        hook.before_val_epoch(None)
+        clock[0] += val_seconds
+        hook.after_val_epoch(None)
+    clock[0] = 1010.0  # 10 s of the 60 gone
+    decay = CosineAnnealingLR(begin=decay_begin, end=5000, T_max=5000 - decay_begin)
+    hooks = [EMAHook(ema_model=ema)] if ema else []
+    runner = SimpleNamespace(iter=step - 1, param_schedulers=[decay], train_loop=loop, hooks=hooks,
+                             work_dir="/x/reader")
+    hook._fit(runner, per_iter=0.1)
+    return loop, decay
+
+
+def test_the_time_budget_keeps_back_time_for_the_validations_to_come(monkeypatch):
+    """The fit plans iterations for the budget less 2% and what the validations still to come need: 10% of the
+    budget for each validation before one was timed (or 0.75 of an iteration per batch where its length is
+    known), then the longest one for each (the last one always)."""
+    loop, decay = _fitted(monkeypatch, 0)
+    iters = loop._max_iters
+    assert abs(iters - (100 + (0.98 * 60 - 6 - 10) / 0.1)) <= 1  # 10% kept back
     assert (decay.begin, decay.end, decay.T_max) == (round(0.5 * iters), iters, iters - round(0.5 * iters))
-    iters, _ = fitted(2.0)
-    assert iters == 100 + int((60 - (1.8 + 3.0) - 10) / 0.1)  # 3% + 1.5 x 2 s
+    assert loop.val_begin == round(0.5 * iters)  # the first validation moved with the schedule
+    loop, _ = _fitted(monkeypatch, 2.0)
+    assert abs(loop._max_iters - (100 + (0.98 * 60 - 2.0 - 10) / 0.1)) <= 1  # the last validation only
+    # not timed yet, but 20 batches long: 0.75 of an iteration (0.1 s) each
+    loop, _ = _fitted(monkeypatch, 0, val_batches=20)
+    assert abs(loop._max_iters - (100 + (0.98 * 60 - 20 * 0.75 * 0.1 - 10) / 0.1)) <= 1
+    # every 100 iterations from halfway: 300, 400, 500 and the last one, 1 s each
+    loop, _ = _fitted(monkeypatch, 1.0, val_interval=100)
+    assert abs(loop._max_iters - (100 + (0.98 * 60 - 4 * 1.0 - 10) / 0.1)) <= 1
+
+
+def test_the_time_budget_refits_a_decay_under_way_from_where_it_is(monkeypatch):
+    """Past the decay's start the fit keeps its start and moves its end (mmengine's chainable cosine goes on from
+    the current rate to its floor at the new end); the weight average settles to the new length too."""
+    from types import SimpleNamespace
+
+    from components.mm_parts import ema_momentum
+
+    ema = SimpleNamespace(momentum=0.0, gamma=0)
+    loop, decay = _fitted(monkeypatch, 0, decay_begin=50, ema=ema)
+    iters = loop._max_iters
+    assert 100 < iters < 5000 and (decay.begin, decay.end, decay.T_max) == (50, iters, iters - 50)
+    assert (ema.momentum, ema.gamma) == ema_momentum(iters) == (6 / iters, iters // 10)
+
+
+def test_a_chainable_cosine_refitted_mid_way_goes_on_smoothly_to_its_floor():
+    """What the refit relies on: mmengine's CosineAnnealingLR given a new end mid-way continues from its current
+    rate (no jump) and reaches its floor exactly at the new end."""
+    from mmengine.optim.scheduler import CosineAnnealingLR
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = CosineAnnealingLR(opt, eta_min=0.05, begin=0, end=1000, T_max=1000, by_epoch=False)
+    rates = []
+    for i in range(600):
+        if i == 300:  # refit: 1,000 iterations become 600
+            sched.end, sched.T_max = 600, 600
+        opt.step()
+        sched.step()
+        rates.append(opt.param_groups[0]["lr"])
+    jumps = [abs(b - a) for a, b in zip(rates, rates[1:])]
+    assert max(jumps) < 0.01  # smooth: no step larger than the cosine's own
+    assert rates[-1] == pytest.approx(0.05, abs=1e-4)  # at its floor at the new end
+    assert all(b <= a + 1e-12 for a, b in zip(rates, rates[1:]))  # always decaying
 
 
 def _plates_read(plate: Detection, text: str, score: float) -> tuple[dict, list[Detection]]:

@@ -130,3 +130,44 @@ def test_training_in_either_precision_has_finite_losses(data_dir, tmp_path, prec
     assert f"batch 4, {precision})" in out
     losses = [float(v) for v in re.findall(r"iter \d+/4 \(\d+%\), loss ([^,]+),", out)]
     assert losses and all(math.isfinite(v) for v in losses)
+
+
+def test_negatives_written_while_the_reader_trains_are_taken_up(data_dir, tmp_path, monkeypatch):
+    """Trained beside the detector, the reader starts before the negatives exist: the dataset holds places for
+    them (the share of the plate count) that stand in for plates, and takes the negatives up once the file is
+    written, as plates are no longer where negatives now are."""
+    import components.mm_parts as parts
+    from mmdet.registry import DATASETS
+    from mmdet.utils import register_all_modules
+    from mmengine.registry import DefaultScope
+
+    register_all_modules(init_default_scope=False)
+    cfg = stage_config("reader", "tiny")
+    root = str(data_dir) + "/"
+    negatives = tmp_path / "negatives.json"
+    clock = [1000.0]
+    monkeypatch.setattr(parts.time, "monotonic", lambda: clock[0])
+    with DefaultScope.overwrite_default_scope("mmdet"):
+        data = DATASETS.build(dict(type="PlateCropDataset", data_root=root, data_prefix=dict(img=root),
+                                   ann_file="train.json", pipeline=cfg["train_pipeline"], negatives=str(negatives),
+                                   negative_share=0.5))
+    plates = len(_plates_list(data_dir))
+    assert data.negative_slots == int(0.5 * plates) > 0 and len(data) == plates + data.negative_slots
+    assert data.get_data_info(plates)["plate_type"] in ("r_board", "l_board")  # a plate, for now
+
+    image = json.loads((data_dir / "train.json").read_text())["images"][0]
+    negatives.write_text(json.dumps([{"file_name": image["file_name"], "height": image["height"],
+                                      "width": image["width"], "bbox": [10.0, 12.0, 90.0, 40.0], "score": 0.5}]))
+    clock[0] += 0.5  # looked for less than a second ago: not yet
+    assert data.get_data_info(plates)["plate_type"] != "none"
+    clock[0] += 1.0
+    first = data.get_data_info(plates)
+    assert first["plate_type"] == "none" and first["instances"] == [] and first["plate_bbox"] == [10.0, 12.0, 90.0, 40.0]
+    assert len(data[plates]["data_samples"].gt_instances.bboxes) == 0  # read as nothing
+    if data.negative_slots > 1:  # more places than negatives: the rest stand in for plates still
+        assert data.get_data_info(plates + 1)["plate_type"] in ("r_board", "l_board")
+    assert len(data) == plates + data.negative_slots  # the sampler's length does not change
+
+
+def _plates_list(data_dir: Path) -> list:
+    return [p for boxes in _plates(data_dir).values() for p in boxes]
