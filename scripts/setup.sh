@@ -66,9 +66,28 @@ main() {
     sed -i 's/-std=c++17/-std=c++20/g' "$SRC/setup.py"
     grep -q -- '-std=c++20' "$SRC/setup.py" || die "mmcv setup.py layout changed: the C++ standard patch did not apply"
     # with a CUDA torch, build the CUDA ops too, even on a machine (or image build) without a GPU
-    if [[ "$TORCH_TAG" != *-cudanone ]]; then export FORCE_CUDA=1; fi
-    (cd "$SRC" && MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} pip_quiet wheel --no-build-isolation --no-deps -w "$BUILD/out" .) \
-      || die "building mmcv failed (see the compiler output above); a C++ compiler (g++ >= 10) and Python headers are needed"
+    SOURCES=("$SRC"/mmcv/ops/csrc/pytorch/*.cpp "$SRC"/mmcv/ops/csrc/pytorch/cpu/*.cpp)
+    if [[ "$TORCH_TAG" != *-cudanone ]]; then
+      export FORCE_CUDA=1
+      SOURCES+=("$SRC"/mmcv/ops/csrc/pytorch/cuda/*.cu "$SRC"/mmcv/ops/csrc/pytorch/cuda/*.cpp)
+    fi
+    # the compiler's output (thousands of lines of warnings) goes to a log; a progress line every 30 s instead
+    LOG=$CACHE/mmcv-build.log
+    say "compiler output: $LOG"
+    progress() {
+      while sleep 30; do
+        say "  mmcv: $(find "$SRC/build" -name '*.o' 2>/dev/null | wc -l) of ${#SOURCES[@]} sources compiled"
+      done
+    }
+    progress &
+    PROGRESS=$!
+    trap 'kill "$PROGRESS" 2>/dev/null; rm -rf "$BUILD"' EXIT
+    if ! (cd "$SRC" && MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} "$VPY" -m pip wheel -v --no-build-isolation \
+          --no-deps -w "$BUILD/out" .) > "$LOG" 2>&1; then
+      tail -n 30 "$LOG" >&2
+      die "building mmcv failed (the end of its log is above; all of it: $LOG); a C++ compiler (g++ >= 10) and Python headers are needed"
+    fi
+    kill "$PROGRESS" 2>/dev/null || true
     # copy then rename, so an interrupted copy never leaves a broken wheel in the cache
     for whl in "$BUILD"/out/mmcv-*.whl; do cp "$whl" "$WHEELS/.partial" && mv "$WHEELS/.partial" "$WHEELS/$(basename "$whl")"; done
     MMCV_WHEEL=$(ls "$WHEELS"/mmcv-"$MMCV_VERSION"-*.whl | head -1)
