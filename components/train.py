@@ -5,7 +5,7 @@
     OUT/reader/          runner work dir of stage 2 (plate crops, and those negatives to read as nothing)
     OUT/pipeline.pth
 
-Each stage validates every `val_interval` iterations over the last fifth of its schedule (VAL_FROM), and at its
+Each stage validates every `val_interval` iterations over the last tenth of its schedule (VAL_FROM), and at its
 end (detector: COCO bbox mAP; reader: EIR on plate crops; earlier validations pick nothing and cost time), keeps
 the best checkpoint, and resumes from its last checkpoint when run again on the same OUT.
 A finished stage is not trained again.
@@ -38,7 +38,7 @@ BEST_METRIC = {"detector": "coco/bbox_mAP", "reader": "plate/eir"}
 DETECTOR_SHARE = 0.4  # of train.time_budget_min; the reader has what the detector and the mining leave
 # trained at once: the detector mines the reader's negatives with its weights at this fraction of its schedule
 MINE_AT = 0.6
-VAL_FROM = 0.8  # of a stage's schedule: its first validation (then every val_interval iterations and at the end)
+VAL_FROM = 0.9  # of a stage's schedule: its first validation (then every val_interval iterations and at the end)
 # the reader's negatives: detections scoring at least NEGATIVE_SCORE (below serving's 0.4) that touch no labelled
 # plate, in up to NEGATIVE_IMAGES training images; the surest NEGATIVE_SHARE x the plate count are kept
 NEGATIVE_SCORE, NEGATIVE_IMAGES, NEGATIVE_SHARE = 0.3, 500, 0.25
