@@ -1,5 +1,5 @@
 # The two commands of the README:
-#   make run    set up .venv (first time: builds mmcv, ~15 min) and run the whole pipeline locally
+#   make run    set up .venv (first time: builds mmcv, ~14 min) and run the whole pipeline locally
 #   make test   set up .venv and run the test suite
 VENV ?= .venv
 ARGS ?=

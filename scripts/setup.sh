@@ -55,7 +55,7 @@ main() {
   mkdir -p "$WHEELS"
   MMCV_WHEEL=$(ls "$WHEELS"/mmcv-"$MMCV_VERSION"-*.whl 2>/dev/null | head -1 || true)
   if [ -z "$MMCV_WHEEL" ]; then
-    say "building mmcv $MMCV_VERSION with ops from source for torch $TORCH_TAG (about 11 minutes on 2 cores; once)"
+    say "building mmcv $MMCV_VERSION with ops from source for torch $TORCH_TAG (11-13 minutes on 2 cores; once)"
     BUILD=$(mktemp -d)
     trap 'rm -rf "$BUILD"' EXIT
     pip_quiet download --no-deps --no-build-isolation --no-binary :all: -d "$BUILD" "mmcv==$MMCV_VERSION" \
@@ -81,7 +81,7 @@ main() {
     }
     progress &
     PROGRESS=$!
-    trap 'kill "$PROGRESS" 2>/dev/null; rm -rf "$BUILD"' EXIT
+    trap 'kill "$PROGRESS" 2>/dev/null || true; rm -rf "$BUILD"' EXIT
     if ! (cd "$SRC" && MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} "$VPY" -m pip wheel -v --no-build-isolation \
           --no-deps -w "$BUILD/out" .) > "$LOG" 2>&1; then
       tail -n 30 "$LOG" >&2
@@ -98,7 +98,9 @@ main() {
   "${PIP[@]}" "$MMCV_WHEEL"
 
   say "installing platepipe and its dependencies"
-  if [ "${PLATEPIPE_EDITABLE:-1}" = 1 ]; then "${PIP[@]}" -e "$ROOT[test]"; else "${PIP[@]}" "$ROOT"; fi
+  # (PYTHONWARNINGS: setuptools' notes on building platepipe itself, nothing a user can act on)
+  if [ "${PLATEPIPE_EDITABLE:-1}" = 1 ]; then PYTHONWARNINGS=ignore "${PIP[@]}" -e "$ROOT[test]"
+  else PYTHONWARNINGS=ignore "${PIP[@]}" "$ROOT"; fi
   HEADLESS=$("$VPY" -c 'from importlib.metadata import version; print(version("opencv-python-headless"))')
   "${PIP[@]}" --force-reinstall --no-deps "opencv-python-headless==$HEADLESS"
 
