@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -66,12 +67,31 @@ class TrainSpec:
                    time_budget_min=t.time_budget_min, precision=t.precision, parallel=t.parallel)
 
 
-def cpu_cores() -> int:
-    """The cores this process may run on (its affinity, as a container's CPU set limits it)."""
+def cpu_cores(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """The cores this process may use: those it may run on (its affinity, as a container's CPU set limits it),
+    at most its CPU quota rounded up (a Kubernetes CPU limit, on a node with many more cores)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    quota = cpu_quota(cgroup)
+    return max(1, min(cores, math.ceil(quota))) if quota else cores
+
+
+def cpu_quota(cgroup: Path) -> float | None:
+    """CPUs' worth of time the cgroup may use (cgroup v2 cpu.max, else v1 cpu.cfs_quota_us), None if unlimited."""
+    try:
+        quota, period = (cgroup / "cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        try:
+            quota = (cgroup / "cpu" / "cpu.cfs_quota_us").read_text().strip()
+            period = (cgroup / "cpu" / "cpu.cfs_period_us").read_text().strip()
+        except OSError:
+            return None
+    try:
+        return int(quota) / int(period) if int(quota) > 0 and int(period) > 0 else None
+    except ValueError:  # "max": no limit
+        return None
 
 
 def parallel(spec: TrainSpec) -> bool:

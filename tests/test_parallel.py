@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from components.export import load_pipeline
-from components.train import TrainSpec, train
+from components.train import TrainSpec, cpu_cores, parallel, train
 from pipeline.local_run import descendants
 
 
@@ -58,7 +58,7 @@ def test_a_failing_detector_stops_the_reader(data_dir, tmp_path, capsys):
 def test_the_detector_stops_when_its_parent_is_killed(data_dir, tmp_path):
     """kill -9 of the training process (no clean-up runs there) still leaves no detector training on."""
     script = textwrap.dedent(f"""
-        from components.train import TrainSpec, train
+        from components.train import TrainSpec, cpu_cores, parallel, train
         train({str(data_dir)!r}, {str(tmp_path)!r}, TrainSpec(preset="tiny", max_iters=100000, val_interval=100000,
               workers=0, parallel="on"))
     """)
@@ -85,3 +85,31 @@ def test_the_detector_stops_when_its_parent_is_killed(data_dir, tmp_path):
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+@pytest.mark.parametrize("files, expected", [
+    ({}, None),                                                               # no cgroup files: the affinity
+    ({"cpu.max": "max 100000\n"}, None),                                     # v2, no limit
+    ({"cpu.max": "150000 100000\n"}, 2),                                     # v2, a 1.5 CPU limit
+    ({"cpu.max": "50000 100000\n"}, 1),
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),  # v1, no limit
+    ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),
+])
+def test_cpu_cores_follow_a_containers_cpu_limit(tmp_path, monkeypatch, files, expected):
+    """A Kubernetes CPU limit on a node with many cores: the two stages share the limit, not the node's cores."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))  # a 64-core node
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert cpu_cores(tmp_path) == (expected or 64)
+
+
+def test_one_cpu_trains_one_stage_after_the_other(monkeypatch):
+    import components.train as train_module
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(train_module, "cpu_cores", lambda: 1)
+    assert not parallel(TrainSpec(preset="tiny", parallel="auto"))
+    assert parallel(TrainSpec(preset="tiny", parallel="on"))
+    monkeypatch.setattr(train_module, "cpu_cores", lambda: 2)
+    assert parallel(TrainSpec(preset="tiny", parallel="auto"))
