@@ -207,13 +207,24 @@ def reported(plates: list[dict], read_score: float = READ_SCORE) -> list[dict]:
 
 
 def _drop_duplicates(plates: list[dict]) -> list[dict]:
-    """Two detector boxes on one plate (one per type) read twice: keep the surer read."""
-    from serving.plates import iou
+    """Two detector boxes on one plate read twice: keep the surer read. Two reads are one plate where their boxes
+    overlap by IoU > 0.5 (one box per type, say), or where they read the same plate and the smaller box lies at
+    least half inside the larger (a loose box around the plate and its surroundings beside a tight one)."""
     kept: list[dict] = []
     for p in sorted(plates, key=lambda p: (not p["valid"], -p["score"])):
-        if all(iou(p["bbox"], k["bbox"]) <= 0.5 for k in kept):
+        if not any(_same_plate(p, k) for k in kept):
             kept.append(p)
     return kept
+
+
+def _same_plate(a: dict, b: dict) -> bool:
+    from serving.plates import _area, _intersection, iou
+
+    if iou(a["bbox"], b["bbox"]) > 0.5:
+        return True
+    smaller = min(_area(a["bbox"]), _area(b["bbox"]))
+    return (a["valid"] and b["valid"] and a["plate"] == b["plate"] and smaller > 0
+            and _intersection(a["bbox"], b["bbox"]) >= 0.5 * smaller)
 
 
 def load_pipeline(path: str | Path) -> dict:

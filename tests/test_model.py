@@ -379,6 +379,27 @@ def test_second_look_rules():
     assert not _unsure({"plate": "12A3456", "valid": True, "score": 0.5}, 0.5)   # sure
 
 
+def test_one_plate_read_from_two_boxes_is_reported_once():
+    """Seen on the test split: the detector boxed one plate tightly (0.71) and, loosely, with its surroundings
+    (0.29, IoU 0.41 with the tight box); both crops read "46E9975", and the second read was a false plate."""
+    from serving.reader import _drop_duplicates
+
+    def read(plate, bbox, score, valid=True):
+        return {"plate": plate, "bbox": bbox, "score": score, "valid": valid}
+
+    tight, loose = read("46E9975", [73, 88, 268, 183], 0.71), read("46E9975", [42, 47, 340, 200], 0.29)
+    assert _drop_duplicates([loose, tight]) == [tight]
+    # other plates stay: another read beside it, the same text away from it, a partial read inside it
+    beside = read("12A3456", [200, 90, 400, 185], 0.6)      # overlaps the tight box, IoU < 0.5, another plate
+    elsewhere = read("46E9975", [500, 300, 700, 400], 0.5)  # no overlap
+    partial = read("46E99?5", [42, 47, 340, 200], 0.9, valid=False)
+    assert _drop_duplicates([tight, beside, elsewhere]) == [tight, beside, elsewhere]
+    assert _drop_duplicates([partial, tight]) == [tight, partial]
+    # boxes overlapping by IoU > 0.5 are one plate whatever they read (one box per plate type)
+    assert _drop_duplicates([read("46E9975", [73, 88, 268, 183], 0.5), read("46E9976", [75, 88, 268, 185], 0.7)]) \
+        == [read("46E9976", [75, 88, 268, 185], 0.7)]
+
+
 def test_inference_precision_and_layout(trained, data_dir):
     """Both networks run with channels-last weights (same results as the plain layout) and, in bf16, compute
     in bfloat16 while the box decoding and NMS get float32 (mmcv's nms refuses bfloat16)."""
