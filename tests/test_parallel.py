@@ -58,7 +58,7 @@ def test_a_failing_detector_stops_the_reader(data_dir, tmp_path, capsys):
 def test_the_detector_stops_when_its_parent_is_killed(data_dir, tmp_path):
     """kill -9 of the training process (no clean-up runs there) still leaves no detector training on."""
     script = textwrap.dedent(f"""
-        from components.train import TrainSpec, cpu_cores, parallel, train
+        from components.train import TrainSpec, train
         train({str(data_dir)!r}, {str(tmp_path)!r}, TrainSpec(preset="tiny", max_iters=100000, val_interval=100000,
               workers=0, parallel="on"))
     """)
