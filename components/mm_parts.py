@@ -9,6 +9,7 @@
   TimeBudgetHook    fits training into a wall-clock budget (fewer iterations, schedule fitted), then stops
   ProgressHook      one line per log interval: iteration, percent, elapsed, ETA
   BF16OptimWrapper  the forward pass and loss in bfloat16 autocast on CPU or GPU, the weights in float32
+  FastExpMomentumEMA ExpMomentumEMA updated with one foreach call per iteration instead of one call per tensor
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import math
 import os.path as osp
 import time
 from contextlib import contextmanager
@@ -24,7 +26,8 @@ import numpy as np
 import torch
 from mmdet.datasets import BaseDetDataset
 from mmdet.datasets.transforms import RandomCrop
-from mmdet.registry import DATASETS, HOOKS, METRICS, OPTIM_WRAPPERS, TRANSFORMS
+from mmdet.models.layers import ExpMomentumEMA
+from mmdet.registry import DATASETS, HOOKS, METRICS, MODELS, OPTIM_WRAPPERS, TRANSFORMS
 from mmengine.evaluator import BaseMetric
 from mmengine.hooks import Hook
 from mmengine.optim import OptimWrapper
@@ -471,6 +474,28 @@ class BF16OptimWrapper(OptimWrapper):
         device = next(model.parameters()).device.type
         with super().optim_context(model), torch.autocast(device, dtype=torch.bfloat16):
             yield
+
+
+@MODELS.register_module(force=True)
+class FastExpMomentumEMA(ExpMomentumEMA):
+    """ExpMomentumEMA, every averaged tensor updated by one foreach lerp per iteration: the same average, but the
+    per-tensor Python loop of the original took 9 ms of the reader's 0.17-0.19 s iterations on this CPU (5%;
+    docs/BENCHMARKS.md). Integer buffers (BatchNorm's counters) are not averaged, as in the original."""
+
+    def update_parameters(self, model) -> None:
+        if self.steps == 0 or self.steps % self.interval:  # the first copy, and the steps between updates
+            super().update_parameters(model)
+            return
+        source = model.state_dict() if self.update_buffers else dict(model.named_parameters())
+        keys = [k for k, p in self.avg_parameters.items() if p.dtype.is_floating_point]
+        momentum = (1 - self.momentum) * math.exp(-float(1 + self.steps) / self.gamma) + self.momentum
+        device = next(iter(self.avg_parameters.values())).device
+        torch._foreach_lerp_([self.avg_parameters[k].data for k in keys],
+                             [source[k].data.to(device) for k in keys], momentum)
+        if not self.update_buffers:  # buffers follow the model, as in the original
+            for b_avg, b_src in zip(self.module.buffers(), model.buffers()):
+                b_avg.data.copy_(b_src.data.to(b_avg.device))
+        self.steps += 1
 
 
 assert len(READER_CLASSES) + len(PLATE_TYPES) == len(CLASSES)

@@ -39,6 +39,42 @@ def test_training_saves_checkpoints_and_exports(trained):
     assert not list(out.glob("*.partial"))
 
 
+def test_training_runs_channels_last_with_a_fused_optimiser(trained):
+    """The speed settings of training reach the runner: convolution weights in channels-last layout, AdamW fused."""
+    out, _ = trained
+    for stage in ("detector", "reader"):
+        last = torch.load(Path((out / stage / "last_checkpoint").read_text().strip()), map_location="cpu",
+                          weights_only=False)  # our own file, with the optimiser state
+        assert last["optimizer"]["param_groups"][0]["fused"] is True
+        convs = [v for k, v in last["state_dict"].items() if v.dim() == 4 and v.shape[-1] > 1]
+        assert convs and all(v.is_contiguous(memory_format=torch.channels_last) for v in convs)
+
+
+def test_fast_weight_average_matches_mmdets(monkeypatch):
+    """FastExpMomentumEMA (one foreach update) averages as mmdet's ExpMomentumEMA does, buffers included, for
+    weights in either layout."""
+    from mmdet.models.layers import ExpMomentumEMA
+
+    from components.mm_parts import FastExpMomentumEMA
+
+    torch.manual_seed(0)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Conv2d(8, 4, 1))
+        model.to(memory_format=layout)
+        slow = ExpMomentumEMA(model, momentum=0.01, gamma=5, update_buffers=True)
+        fast = FastExpMomentumEMA(model, momentum=0.01, gamma=5, update_buffers=True)
+        for _ in range(6):
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(torch.randn_like(p))
+            model.train()(torch.randn(2, 3, 9, 9))  # moves BatchNorm's running statistics
+            slow.update_parameters(model)
+            fast.update_parameters(model)
+        for key, value in slow.module.state_dict().items():
+            assert torch.allclose(fast.module.state_dict()[key].float(), value.float(), atol=1e-6), key
+        assert not torch.allclose(fast.module.state_dict()["0.weight"], model.state_dict()["0.weight"])
+
+
 def test_pipeline_file_is_safe_and_self_contained(trained):
     payload = torch.load(trained[1], map_location="cpu", weights_only=True)  # no pickled objects
     assert payload["format"] == FORMAT and payload["classes"] == list(CLASSES)
