@@ -218,7 +218,8 @@ def train_stage(stage: str, data_dir: Path, out_dir: Path, spec: TrainSpec, nega
     with trusted_checkpoints():
         runner = Runner.from_cfg(Config(runner_cfg))
         # channels-last weights (before the optimiser, the weight average and a resumed checkpoint take them up):
-        # oneDNN's convolutions run in that layout, 11-13% less time per iteration on this CPU (docs/BENCHMARKS.md)
+        # oneDNN's convolutions run in that layout; with the fused AdamW and FastExpMomentumEMA, 7-10% less time per
+        # iteration on this CPU (benchmarks/train_step.py, docs/BENCHMARKS.md)
         runner.model.to(memory_format=torch.channels_last)
         for hook in hooks:
             runner.register_hook(hook)
