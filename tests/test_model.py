@@ -345,40 +345,46 @@ def _plates_read(plate: Detection, text: str, score: float) -> tuple[dict, list[
     return decode([plate] + chars, plate_score=0.0, char_score=0.0, keep_partial=True)[0], chars
 
 
-def test_unsure_reads_get_a_second_look_from_a_tighter_crop(trained, data_dir, monkeypatch):
-    """A plate read partly, or whole but scoring under second_look, is read again from its box shrunk by
-    SECOND_LOOK_BOX about its centre; the surer read is kept, with its characters. Sure reads and reads of
-    nothing (text the detector took for a plate) get no second look. Both stages' answers are set here (four
-    training iterations find nothing); the crops are cut by the real code and read by the real tiny reader."""
+def test_unsure_reads_get_further_looks_until_one_is_sure(trained, data_dir, monkeypatch):
+    """A plate read partly, or whole but scoring under second_look, is read again from its box scaled by LOOKS[0]
+    about its centre, then LOOKS[1], LOOKS[2], as long as its surest read is still unsure; the surest read is kept,
+    with its characters. Sure reads and reads of nothing (text the detector took for a plate) get no further look.
+    Both stages' answers are set here (four training iterations find nothing); the crops are cut by the real code
+    and read by the real tiny reader."""
     import cv2
     from mmengine.structures import InstanceData
 
     from serving import reader as reader_module
-    from serving.reader import SECOND_LOOK, SECOND_LOOK_BOX
+    from serving.reader import LOOKS, SECOND_LOOK
 
     reader = PlateReader(load_pipeline(trained[1]), keep_partial=True)
     images = [cv2.imread(str(p)) for p in sorted((data_dir / "images").iterdir())[:2]]
-    found = [(10.0, 10.0, 90.0, 40.0), (100.0, 10.0, 180.0, 40.0), (10.0, 60.0, 90.0, 90.0), (100.0, 60.0, 180.0, 90.0)]
+    found = [(10.0, 10.0, 90.0, 40.0), (100.0, 10.0, 180.0, 40.0), (10.0, 60.0, 90.0, 90.0), (100.0, 60.0, 180.0, 90.0),
+             (10.0, 110.0, 90.0, 140.0)]
     real_run = reader_module.run_model
 
     def run_model(model, batch, scales, bf16=False):
         if model is not reader.models["detector"]:
             return real_run(model, batch, scales, bf16)
-        return [InstanceData(bboxes=torch.tensor(found), scores=torch.full((4,), 0.9), labels=torch.ones(4, dtype=torch.long)),
+        n = len(found)
+        # plate score 1: a read's score (plate score x its least sure character) is the score set below
+        return [InstanceData(bboxes=torch.tensor(found), scores=torch.ones(n), labels=torch.ones(n, dtype=torch.long)),
                 InstanceData(bboxes=torch.zeros((0, 4)), scores=torch.zeros(0), labels=torch.zeros(0, dtype=torch.long))]
 
-    first_reads = {0: ("12A3456", 0.95), 1: ("12?3456", 0.9), 2: ("", 0.9), 3: ("34B5678", SECOND_LOOK - 0.1)}
+    unsure = SECOND_LOOK - 0.05
+    answers = {  # per look (1.0 = the first read): what each plate reads, at what score
+        1.0: {0: ("12A3456", 0.95), 1: ("12?3456", 0.9), 2: ("", 0.9), 3: ("34B5678", unsure - 0.1), 4: ("45C6789", 0.3)},
+        LOOKS[0]: {1: ("56C7890", SECOND_LOOK), 3: ("34B5679", unsure), 4: ("45C6780", unsure)},  # 1 is sure now
+        LOOKS[1]: {3: ("34B5678", unsure - 0.2), 4: ("45?6789", 0.9)},
+        LOOKS[2]: {3: ("78D9012", 0.8), 4: ("45C6781", unsure - 0.1)},  # 3 is sure now; 4 never is
+    }
     calls, boxes = [], []
     real_read = PlateReader._read
 
     def fake_read(images, plates, keys, shrink):
         calls.append((shrink, list(keys)))
         real_read(reader, images, plates, keys, shrink)  # cuts the crops (recorded below) and reads them for real
-        out = []
-        for i, j in keys:  # then answers as set: the second look reads "56C7890" at exactly SECOND_LOOK
-            text, score = first_reads[j] if shrink == 1.0 else ("56C7890", SECOND_LOOK)
-            out.append(_plates_read(plates[i][j], text, score))
-        return out
+        return [_plates_read(plates[i][j], *answers[shrink][j]) for i, j in keys]  # then answers as set
 
     real_crop = reader_module.crop_plate
     monkeypatch.setattr(reader_module, "run_model", run_model)
@@ -386,22 +392,26 @@ def test_unsure_reads_get_a_second_look_from_a_tighter_crop(trained, data_dir, m
                         lambda img, box, *a, **k: boxes.append((calls[-1][0], box)) or real_crop(img, box, *a, **k))
     monkeypatch.setattr(reader, "_read", fake_read)
     results = reader.predict(images)
-    assert [(s, sorted(k)) for s, k in calls] == [(1.0, [(0, 0), (0, 1), (0, 2), (0, 3)]), (SECOND_LOOK_BOX, [(0, 1), (0, 3)])]
-    sx, sy = SECOND_LOOK_BOX
-    for j, box in zip((1, 3), [b for s, b in boxes if s != 1.0]):
-        x1, y1, x2, y2 = found[j]
-        cx, cy, w, h = (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1
-        assert np.allclose(box, (cx - w * sx / 2, cy - h * sy / 2, cx + w * sx / 2, cy + h * sy / 2))
-    # the kept reads: the sure one as it was, the partial and the unsure one replaced by the surer second look
+    assert [(s, sorted(k)) for s, k in calls] == [(1.0, [(0, j) for j in range(5)]), (LOOKS[0], [(0, 1), (0, 3), (0, 4)]),
+                                                  (LOOKS[1], [(0, 3), (0, 4)]), (LOOKS[2], [(0, 3), (0, 4)])]
+    assert len(boxes) == 5 + 3 + 2 + 2
+    for (shrink, keys) in calls[1:]:
+        for (_, j), (s, box) in zip(keys, [b for b in boxes if b[0] == shrink]):
+            sx, sy = shrink
+            x1, y1, x2, y2 = found[j]
+            cx, cy, w, h = (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1
+            assert np.allclose(box, (cx - w * sx / 2, cy - h * sy / 2, cx + w * sx / 2, cy + h * sy / 2))
+    # the kept reads: the sure one as it was, the others the surest of their looks (4: the surest whole read)
     by_box = {tuple(p["bbox"]): p["plate"] for p in results[0].plates}
-    assert by_box == {found[0]: "12A3456", found[1]: "56C7890", found[2]: "???????", found[3]: "56C7890"}
+    assert by_box == {found[0]: "12A3456", found[1]: "56C7890", found[2]: "???????", found[3]: "78D9012",
+                      found[4]: "45C6780"}
     groups = []  # detections: each plate, then the characters of its kept read
     for det in results[0].detections:
         if det.label in ("r_board", "l_board"):
             groups.append("")
         else:
             groups[-1] += det.label
-    assert groups == ["12A3456", "56C7890", "", "56C7890"]
+    assert groups == ["12A3456", "56C7890", "", "78D9012", "45C6780"]
     assert results[1].plates == [] and results[1].detections == []
 
 
