@@ -4,7 +4,8 @@
 
 DIR is a data set (`platepipe data --out DIR`, or a local run's RUN/kfp/*/data-step/data). Two set-ups of the
 quick preset's stage are timed in alternating blocks of STEPS iterations (each block a fresh runner, its first
-5 iterations not counted; an iteration runs from one iteration's start to the next: data, step, hooks), so that a machine whose speed drifts slows both alike:
+5 iterations not counted; an iteration runs from one iteration's start to the next: data, step, hooks), so that
+a machine whose speed drifts slows both alike:
 
   plain      contiguous weights, AdamW looping over the weights, mmdet's ExpMomentumEMA (a call per tensor)
   platepipe  what components.train does: channels-last weights, fused AdamW, FastExpMomentumEMA
@@ -58,8 +59,7 @@ def block(stage: str, data: Path, steps: int, fast: bool) -> list[float]:
         rc["custom_hooks"] = [h for h in rc["custom_hooks"] if h["type"] == "EMAHook"]
         if not fast:
             rc["optim_wrapper"]["optimizer"]["fused"] = False
-            rc["custom_hooks"] = [dict(h, ema_type="ExpMomentumEMA") if h["type"] == "EMAHook" else h
-                                  for h in rc["custom_hooks"]]
+            rc["custom_hooks"] = [dict(h, ema_type="ExpMomentumEMA") for h in rc["custom_hooks"]]
         with trusted_checkpoints():
             runner = Runner.from_cfg(Config(rc))
             if fast:

@@ -36,7 +36,7 @@ READ_SCORE = 0.25
 # read kept. 0.5 chosen on the validation split (one look at 95% x 92%: EIR 0.935 -> 0.949; 0.4: 0.946; 0.6 and
 # 0.7: no better, 2-4x the second looks); the looser third and tighter fourth looks, chosen on the validation
 # split of three later models (+3 of 828 plates), read 9 more of their 831 test plates and 1 fewer of 873 on the
-# shifted set, for 2-4 ms more per image; most of the gain is on small plates (docs/BENCHMARKS.md)
+# shifted set, for 1-5 ms more per image; most of the gain is on small plates (docs/BENCHMARKS.md)
 SECOND_LOOK = 0.5
 LOOKS = ((0.95, 0.92), (1.06, 1.1), (0.9, 0.85))
 

@@ -50,7 +50,7 @@ def test_training_runs_channels_last_with_a_fused_optimiser(trained):
         assert convs and all(v.is_contiguous(memory_format=torch.channels_last) for v in convs)
 
 
-def test_fast_weight_average_matches_mmdets(monkeypatch):
+def test_fast_weight_average_matches_mmdets():
     """FastExpMomentumEMA (one foreach update) averages as mmdet's ExpMomentumEMA does, buffers included, for
     weights in either layout."""
     from mmdet.models.layers import ExpMomentumEMA
@@ -395,9 +395,9 @@ def test_unsure_reads_get_further_looks_until_one_is_sure(trained, data_dir, mon
     assert [(s, sorted(k)) for s, k in calls] == [(1.0, [(0, j) for j in range(5)]), (LOOKS[0], [(0, 1), (0, 3), (0, 4)]),
                                                   (LOOKS[1], [(0, 3), (0, 4)]), (LOOKS[2], [(0, 3), (0, 4)])]
     assert len(boxes) == 5 + 3 + 2 + 2
-    for (shrink, keys) in calls[1:]:
-        for (_, j), (s, box) in zip(keys, [b for b in boxes if b[0] == shrink]):
-            sx, sy = shrink
+    for shrink, keys in calls[1:]:
+        sx, sy = shrink
+        for (_, j), box in zip(keys, [b for s, b in boxes if s == shrink]):
             x1, y1, x2, y2 = found[j]
             cx, cy, w, h = (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1
             assert np.allclose(box, (cx - w * sx / 2, cy - h * sy / 2, cx + w * sx / 2, cy + h * sy / 2))
