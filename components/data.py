@@ -310,13 +310,21 @@ def _paste(img: np.ndarray, plate: np.ndarray, hom: np.ndarray) -> None:
 
 def _photometric(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
     h, w = img.shape[:2]
-    out = img.astype(np.float32)
-    # lighting: a smooth gain field plus global contrast/brightness
+    # lighting: a smooth gain field plus global contrast/brightness (OpenCV's per-pixel arithmetic and normal
+    # noise: a third of the time numpy's took, which was most of the data step)
     gain = cv2.resize(rng.uniform(0.6, 1.3, (2, 2)).astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
-    out = out * gain[..., None] * rng.uniform(0.8, 1.15) + rng.uniform(-25, 25)
+    gain *= np.float32(rng.uniform(0.8, 1.15))
+    out = cv2.multiply(img.astype(np.float32), cv2.merge([gain, gain, gain]))
+    offset = float(rng.uniform(-25, 25))
     if rng.random() < 0.5:
-        out += rng.normal(0, rng.uniform(2, 9), out.shape).astype(np.float32)
-    out = np.clip(out, 0, 255).astype(np.uint8)
+        sigma = float(rng.uniform(2, 9))
+        cv2.setRNGSeed(int(rng.integers(2 ** 31)))  # the noise is drawn from the image's own seed, as the rest
+        noise = np.empty_like(out)
+        cv2.randn(noise, offset, sigma)
+        out += noise
+    else:
+        out += np.float32(offset)
+    out = np.clip(out, 0, 255, out=out).astype(np.uint8)
     blur = rng.random()
     if blur < 0.3:
         out = cv2.GaussianBlur(out, (0, 0), rng.uniform(0.4, 1.3))
