@@ -7,8 +7,10 @@ quick preset's stage are timed in alternating blocks of STEPS iterations (each b
 5 iterations not counted; an iteration runs from one iteration's start to the next: data, step, hooks), so that
 a machine whose speed drifts slows both alike:
 
-  plain      contiguous weights, AdamW looping over the weights, mmdet's ExpMomentumEMA (a call per tensor)
-  platepipe  what components.train does: channels-last weights, fused AdamW, FastExpMomentumEMA
+  plain      contiguous weights, AdamW looping over the weights in mmengine's one group per weight, mmdet's
+             ExpMomentumEMA (a call per tensor)
+  platepipe  what components.train does: channels-last weights, fused AdamW over groups of equal settings
+             (GroupedOptimWrapperConstructor), FastExpMomentumEMA
 
 The median seconds per iteration of each and their ratio are printed. One thread by default: in the local
 run each stage trains on one of the two cores. Training itself (data loading, forward, backward, optimiser,
@@ -59,6 +61,7 @@ def block(stage: str, data: Path, steps: int, fast: bool) -> list[float]:
         rc["custom_hooks"] = [h for h in rc["custom_hooks"] if h["type"] == "EMAHook"]
         if not fast:
             rc["optim_wrapper"]["optimizer"]["fused"] = False
+            rc["optim_wrapper"].pop("constructor")
             rc["custom_hooks"] = [dict(h, ema_type="ExpMomentumEMA") for h in rc["custom_hooks"]]
         with trusted_checkpoints():
             runner = Runner.from_cfg(Config(rc))

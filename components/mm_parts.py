@@ -9,6 +9,7 @@
   TimeBudgetHook    fits training into a wall-clock budget (fewer iterations, schedule fitted), then stops
   ProgressHook      one line per log interval: iteration, percent, elapsed, ETA
   BF16OptimWrapper  the forward pass and loss in bfloat16 autocast on CPU or GPU, the weights in float32
+  GroupedOptimWrapperConstructor  mmengine's per-weight settings, with the weights of equal settings in one group
   FastExpMomentumEMA ExpMomentumEMA updated with one foreach call per iteration instead of one call per tensor
 """
 
@@ -27,10 +28,10 @@ import torch
 from mmdet.datasets import BaseDetDataset
 from mmdet.datasets.transforms import RandomCrop
 from mmdet.models.layers import ExpMomentumEMA
-from mmdet.registry import DATASETS, HOOKS, METRICS, MODELS, OPTIM_WRAPPERS, TRANSFORMS
+from mmdet.registry import DATASETS, HOOKS, METRICS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS, TRANSFORMS
 from mmengine.evaluator import BaseMetric
 from mmengine.hooks import Hook
-from mmengine.optim import OptimWrapper
+from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
 
 from configs.model import READER_CLASSES
 from serving.crops import crop_plate, to_crop
@@ -474,6 +475,24 @@ class BF16OptimWrapper(OptimWrapper):
         device = next(model.parameters()).device.type
         with super().optim_context(model), torch.autocast(device, dtype=torch.bfloat16):
             yield
+
+
+@OPTIM_WRAPPER_CONSTRUCTORS.register_module(force=True)
+class GroupedOptimWrapperConstructor(DefaultOptimWrapperConstructor):
+    """mmengine's constructor, which makes one parameter group per weight wherever paramwise_cfg is set (no weight
+    decay for norms and biases), with the weights of equal settings put back into one group: the fused AdamW then
+    updates all of them in one call per group instead of one per weight (240 calls per reader iteration, 22 ms of
+    its 0.2 s on this CPU). The same update: AdamW treats every weight on its own."""
+
+    def __call__(self, model):
+        wrapper = super().__call__(model)
+        groups: dict[tuple, dict] = {}
+        for group in wrapper.optimizer.param_groups:
+            settings = {k: v for k, v in group.items() if k != "params"}
+            key = tuple(sorted((k, repr(v)) for k, v in settings.items()))
+            groups.setdefault(key, dict(settings, params=[]))["params"].extend(group["params"])
+        wrapper.optimizer.param_groups[:] = list(groups.values())
+        return wrapper
 
 
 @MODELS.register_module(force=True)

@@ -156,6 +156,7 @@ def runner_config(stage: str, cfg: dict, data_dir: Path, work_dir: Path, spec: T
                        val_begin=max(1, round(VAL_FROM * iters))),
         val_cfg=dict(type="ValLoop"),
         optim_wrapper=dict(type="BF16OptimWrapper" if bf16(spec.precision) else "OptimWrapper",
+                           constructor="GroupedOptimWrapperConstructor",
                            # fused: one kernel for all the weights (CPU and GPU) instead of a loop over them
                            optimizer=dict(type="AdamW", lr=lr, weight_decay=0.05, fused=True),
                            paramwise_cfg=dict(norm_decay_mult=0, bias_decay_mult=0, bypass_duplicate=True),

@@ -75,6 +75,48 @@ def test_fast_weight_average_matches_mmdets():
         assert not torch.allclose(fast.module.state_dict()["0.weight"], model.state_dict()["0.weight"])
 
 
+def test_the_optimiser_groups_weights_of_equal_settings(data_dir, trained):
+    """GroupedOptimWrapperConstructor: every weight in exactly one group, with the settings mmengine's constructor
+    gives it alone (no weight decay for norms and biases), in two groups instead of one per weight; a trained
+    stage's checkpoint holds those groups; and a step updates the weights exactly as the per-weight groups do."""
+    from mmengine.optim import build_optim_wrapper
+
+    import components.mm_parts  # noqa: F401
+    from components.train import _stage_cfg, runner_config
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    from mmengine.config import ConfigDict
+
+    register_all_modules(init_default_scope=True)
+    cfg = _stage_cfg("reader", TINY)
+    optim = runner_config("reader", cfg, data_dir, data_dir / "unused", TINY)["optim_wrapper"]
+    assert optim["constructor"] == "GroupedOptimWrapperConstructor"
+    torch.manual_seed(0)
+    model = MODELS.build(ConfigDict(cfg["model"]))
+    twin = MODELS.build(ConfigDict(cfg["model"]))
+    twin.load_state_dict(model.state_dict())
+    grouped = build_optim_wrapper(model, ConfigDict(optim))
+    plain = build_optim_wrapper(twin, ConfigDict({k: v for k, v in optim.items() if k != "constructor"}))
+    groups, singles = grouped.optimizer.param_groups, plain.optimizer.param_groups
+    assert len(groups) == 2 and len(singles) == len(list(model.parameters())) > 100
+    names = {id(p): n for n, p in model.named_parameters()}
+    decay = {names[id(p)]: g["weight_decay"] for g in groups for p in g["params"]}
+    assert len(decay) == len(names)  # each weight once
+    twin_names = {id(p): n for n, p in twin.named_parameters()}
+    assert decay == {twin_names[id(g["params"][0])]: g["weight_decay"] for g in singles}
+    assert {decay[n] for n in names.values() if n.endswith(".bias") or ".bn." in n} == {0.0}
+    for wrapper, net in ((grouped, model), (plain, twin)):  # one AdamW step on the same gradients
+        for p in net.parameters():
+            p.grad = torch.ones_like(p) * 0.01
+        wrapper.optimizer.step()
+    for (n, a), b in zip(model.named_parameters(), twin.parameters()):
+        assert torch.equal(a, b), n
+    out, _ = trained
+    last = torch.load(Path((out / "reader" / "last_checkpoint").read_text().strip()), map_location="cpu",
+                      weights_only=False)
+    assert len(last["optimizer"]["param_groups"]) == 2
+
+
 def test_pipeline_file_is_safe_and_self_contained(trained):
     payload = torch.load(trained[1], map_location="cpu", weights_only=True)  # no pickled objects
     assert payload["format"] == FORMAT and payload["classes"] == list(CLASSES)
