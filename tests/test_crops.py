@@ -97,3 +97,65 @@ def test_the_quick_detectors_crop_holds_the_widest_one_row_plate():
     crop = next(t for t in det["train_pipeline"] if t["type"] == "PlateRandomCrop")
     widest = cfg.data.plate_width_max * det["input_size"] / cfg.data.min_size
     assert crop["crop_size"][0] >= widest
+
+
+def _photo(seed=0, shape=(720, 1280)):
+    """A textured photo (smooth colour plus fine noise), so that any pixel read from the wrong place shows."""
+    rng = np.random.default_rng(seed)
+    import cv2
+
+    base = cv2.resize(rng.uniform(0, 255, (9, 16, 3)).astype(np.float32), shape[::-1], interpolation=cv2.INTER_CUBIC)
+    return np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8)
+
+
+def test_a_plate_region_in_memory_crops_as_the_whole_photo(tmp_path):
+    """The reader's LoadPlateRegion + CropPlate give the crops and boxes that the whole photo gives (plates in the
+    middle and at the edges, small plates smoothed and large ones shrunk, jittered boxes, boxes jittered past
+    the region), and a region loaded once is not read from disk again."""
+    import cv2
+
+    import components.mm_parts as parts
+
+    path = tmp_path / "photo.png"
+    cv2.imwrite(str(path), _photo())
+    boxes = [(600, 300, 690, 322), (0, 5, 300, 80), (1100, 650, 1280, 720), (200, 400, 602, 510), (640, 100, 730, 145)]
+    load, size = parts.LoadPlateRegion(), (256, 96)
+    whole = cv2.imread(str(path))
+    for box in boxes:
+        chars = [{"bbox": [box[0] + 5.0, box[1] + 2.0, box[0] + 15.0, box[1] + 12.0], "bbox_label": 3}]
+        for trial, jitter in enumerate([0.0] + [0.08] * 12 + [0.9] * 4):
+            crop = parts.CropPlate(size, jitter=jitter)
+            np.random.seed(trial)
+            mine = crop(load(dict(img_path=str(path), plate_bbox=list(box), instances=[dict(c) for c in chars])))
+            np.random.seed(trial)
+            ref = crop(dict(img=whole.copy(), plate_bbox=list(box), instances=[dict(c) for c in chars]))
+            diff = np.abs(mine["img"].astype(int) - ref["img"].astype(int))
+            # the same pixels, but for warpAffine's 1/32 px fixed-point positions rounding the other way now and then
+            assert diff.max() <= 6 and (diff > 0).mean() < 0.05, (box, jitter, diff.max(), (diff > 0).mean())
+            assert len(mine["instances"]) == len(ref["instances"])
+            for a, b in zip(mine["instances"], ref["instances"]):
+                assert a["bbox"] == pytest.approx(b["bbox"], abs=1e-3)
+    path.rename(tmp_path / "gone.png")  # every region is in memory now: no jitter needs the photo again
+    again = parts.CropPlate(size)(load(dict(img_path=str(path), plate_bbox=list(boxes[0]), instances=[])))
+    assert again["img"].shape == (96, 256, 3)
+    with pytest.raises(FileNotFoundError, match="cannot read image"):  # a region never loaded: the file is needed
+        load(dict(img_path=str(path), plate_bbox=[10.0, 10.0, 50.0, 30.0]))
+
+
+def test_a_jittered_box_past_its_region_crops_from_the_whole_photo(tmp_path):
+    """A box moved far past the region kept in memory is cut from the photo read again, as it would have been."""
+    import cv2
+
+    import components.mm_parts as parts
+
+    path = tmp_path / "photo.png"
+    cv2.imwrite(str(path), _photo(1))
+    box = [500.0, 300.0, 600.0, 330.0]
+    loaded = parts.LoadPlateRegion(margin=0.1)(dict(img_path=str(path), plate_bbox=box))
+    far = np.float32([520, 290, 700, 360])
+    assert not parts._region_holds(loaded, far, (256, 96), True)
+    assert parts._region_holds(loaded, np.float32(box), (256, 96), True)
+    crop = parts.CropPlate((256, 96))
+    mine = crop(dict(loaded, plate_bbox=list(far), instances=[]))
+    ref = crop(dict(img=cv2.imread(str(path)), plate_bbox=list(far), instances=[]))
+    assert np.abs(mine["img"].astype(int) - ref["img"].astype(int)).max() <= 1

@@ -115,7 +115,7 @@ def _reader(p: dict) -> dict:
     w, h = p["crop_size"]
     fill = True  # crops stretched to fill (serving.crops); inference reads it from the exported crop_fill
     train_pipeline = [
-        dict(type="LoadImageFromFile"),
+        dict(type="LoadPlateRegion"),  # the photo decoded once per plate, its surroundings kept in memory
         dict(type="CropPlate", size=(w, h), jitter=0.08, fill=fill),
         dict(type="LoadAnnotations", with_bbox=True),
         dict(type="PhotoMetricDistortion", brightness_delta=24, contrast_range=(0.7, 1.3),
@@ -124,7 +124,7 @@ def _reader(p: dict) -> dict:
                                               "plate_text", "plate_type")),
     ]
     test_pipeline = [
-        dict(type="LoadImageFromFile"),
+        dict(type="LoadPlateRegion"),
         dict(type="CropPlate", size=(w, h), jitter=0.0, fill=fill),
         dict(type="LoadAnnotations", with_bbox=True),
         dict(type="PackDetInputs", meta_keys=("img_id", "img_path", "ori_shape", "img_shape", "scale_factor",
