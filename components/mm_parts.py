@@ -327,7 +327,10 @@ class TimeBudgetHook(Hook):
     the model worse. What it keeps back is for the validations still to come (each as long as the longest seen;
     until one is seen, VAL_PER_BATCH training iterations per validation batch, or `reserve` of the budget
     where the validation's length is unknown) and 2% of the budget. Whatever happens after that, it stops at
-    the budget; the loop then validates and checkpoints as at its last iteration."""
+    the budget; the loop then validates and checkpoints as at its last iteration.
+
+    deadline (time.time() seconds): where given, the budget is what is left until then when training starts (at
+    most `minutes`), so that what came before it (imports, building the runner, loading the data) is counted too."""
 
     priority = "LOW"
     STRETCH = 0.05  # of the budget between two fits; the pace is measured over the last two stretches
@@ -335,8 +338,9 @@ class TimeBudgetHook(Hook):
     # (reader and detector of the quick preset): a little more is assumed until one has been timed
     VAL_PER_BATCH = 0.75
 
-    def __init__(self, minutes: float | None = None, reserve: float = 0.1):
+    def __init__(self, minutes: float | None = None, reserve: float = 0.1, deadline: float | None = None):
         self.seconds = minutes * 60 if minutes else None
+        self.deadline = deadline
         self.reserve = reserve  # of the budget kept back for each validation, until one can be estimated
         self.val_batches: int | None = None  # the validation's length in batches, where known
         self.started = self.val_started = None
@@ -365,6 +369,8 @@ class TimeBudgetHook(Hook):
 
     def before_train(self, runner) -> None:
         self.started = time.monotonic()
+        if self.seconds and self.deadline:  # at least a tenth of the budget, however late it starts
+            self.seconds = min(self.seconds, max(0.1 * self.seconds, self.deadline - time.time()))
         self.first_iter = runner.iter
         try:
             self.val_batches = len(runner.val_loop.dataloader)

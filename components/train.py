@@ -39,6 +39,8 @@ BEST_METRIC = {"detector": "coco/bbox_mAP", "reader": "plate/eir"}
 DETECTOR_SHARE = 0.4  # of train.time_budget_min; the reader has what the detector and the mining leave
 # trained at once: the detector mines the reader's negatives with its weights at this fraction of its schedule
 MINE_AT = 0.6
+# the time budget counts from train()'s start: each stage ends this many seconds before it runs out, for the export
+WRAP_UP_S = 5
 VAL_FROM = 0.9  # of a stage's schedule: its first validation (then every val_interval iterations and at the end)
 # the reader's negatives: detections scoring at least NEGATIVE_SCORE (below serving's 0.4) that touch no labelled
 # plate, in up to NEGATIVE_IMAGES training images; the surest NEGATIVE_SHARE x the plate count are kept
@@ -123,9 +125,10 @@ def check_data(data_dir: Path) -> None:
 
 
 def runner_config(stage: str, cfg: dict, data_dir: Path, work_dir: Path, spec: TrainSpec,
-                  negatives: Path | None = None, budget_min: float | None = None) -> dict:
+                  negatives: Path | None = None, budget_min: float | None = None,
+                  deadline: float | None = None) -> dict:
     """The MMEngine runner settings for one stage. negatives: the reader's negatives file; budget_min: the
-    stage's minutes (None: no limit)."""
+    stage's minutes (None: no limit); deadline: the time.time() by which it ends, where sooner (TimeBudgetHook)."""
     data_root = str(data_dir) + "/"
     classes = tuple(cfg["classes"])
     if stage == "detector":
@@ -174,7 +177,7 @@ def runner_config(stage: str, cfg: dict, data_dir: Path, work_dir: Path, spec: T
                             rule="greater", max_keep_ckpts=1, save_last=True),
             sampler_seed=dict(type="DistSamplerSeedHook"),
         ),
-        custom_hooks=[dict(type="TimeBudgetHook", minutes=budget_min),
+        custom_hooks=[dict(type="TimeBudgetHook", minutes=budget_min, deadline=deadline),
                       dict(type="ProgressHook", stage=stage, interval=25)]
         + ([ema_hook(iters)] if cfg.get("ema") else []),
         log_processor=dict(by_epoch=False),
@@ -196,9 +199,11 @@ def ema_hook(iters: int) -> dict:
 
 
 def train_stage(stage: str, data_dir: Path, out_dir: Path, spec: TrainSpec, negatives: Path | None = None,
-                budget_min: float | None = None, hooks: tuple = ()) -> tuple[dict, Path, dict]:
+                budget_min: float | None = None, hooks: tuple = (), deadline: float | None = None
+                ) -> tuple[dict, Path, dict]:
     """Train one stage; return its model config, its best checkpoint and its best validation metrics.
-    negatives: the reader's negatives file (it may appear during the training); hooks: more Hook objects."""
+    negatives: the reader's negatives file (it may appear during the training); hooks: more Hook objects;
+    budget_min, deadline: see runner_config."""
     import torch
 
     import components.mm_parts  # noqa: F401  registers the project's dataset, transform, metric and hooks
@@ -210,7 +215,8 @@ def train_stage(stage: str, data_dir: Path, out_dir: Path, spec: TrainSpec, nega
     cfg = _stage_cfg(stage, spec)
     work_dir = out_dir / stage
     work_dir.mkdir(parents=True, exist_ok=True)
-    runner_cfg = runner_config(stage, cfg, data_dir, work_dir, spec, negatives=negatives, budget_min=budget_min)
+    runner_cfg = runner_config(stage, cfg, data_dir, work_dir, spec, negatives=negatives, budget_min=budget_min,
+                               deadline=deadline)
     if not spec.resume or not (work_dir / "last_checkpoint").exists():
         runner_cfg["resume"] = False
     precision = "bf16" if bf16(spec.precision) else "fp32"
@@ -263,10 +269,11 @@ def train(data_dir: str | Path, out_dir: str | Path, spec: TrainSpec) -> Path:
     negatives = out_dir / "negatives.json"
     if spec.time_budget_min is None:  # the preset's (quick: what fits the local run into 15 minutes)
         spec = dataclasses.replace(spec, time_budget_min=PRESETS[spec.preset].get("time_budget_min"))
+    deadline = time.time() + spec.time_budget_min * 60 - WRAP_UP_S if spec.time_budget_min else None
     if spec.time_budget_min:
         print(f"training for at most {spec.time_budget_min:g} minutes (train.time_budget_min)", flush=True)
     if parallel(spec):
-        stages = _train_at_once(data_dir, out_dir, spec, negatives)
+        stages = _train_at_once(data_dir, out_dir, spec, negatives, deadline)
     else:
         total, start = spec.time_budget_min, time.monotonic()
         stages = {"detector": train_stage("detector", data_dir, out_dir, spec,
@@ -274,14 +281,15 @@ def train(data_dir: str | Path, out_dir: str | Path, spec: TrainSpec) -> Path:
         det_cfg, det_ckpt, _ = stages["detector"]
         mine_negatives(det_cfg, det_ckpt, data_dir, negatives, seed=spec.seed)
         left = max(total * (1 - DETECTOR_SHARE) / 2, total - (time.monotonic() - start) / 60) if total else None
-        stages["reader"] = train_stage("reader", data_dir, out_dir, spec, negatives=negatives, budget_min=left)
+        stages["reader"] = train_stage("reader", data_dir, out_dir, spec, negatives=negatives, budget_min=left,
+                                       deadline=deadline)
     metrics = {stage: {k: v for k, v in m.items() if "/" in k} for stage, (_, _, m) in stages.items()}
     return export(out_dir / "pipeline.pth",
                   {stage: (cfg, ckpt) for stage, (cfg, ckpt, _) in stages.items()},
                   metrics=metrics, data_dir=data_dir, train_spec=spec.__dict__)
 
 
-def _train_at_once(data_dir: Path, out_dir: Path, spec: TrainSpec, negatives: Path) -> dict:
+def _train_at_once(data_dir: Path, out_dir: Path, spec: TrainSpec, negatives: Path, deadline: float | None) -> dict:
     """The detector (and its mining) in a child process on half the cores, the reader here on the others (and
     on every core once the child is done). Data loading stays in each training process unless
     train.workers says otherwise (a loader process would take the other stage's core)."""
@@ -296,7 +304,7 @@ def _train_at_once(data_dir: Path, out_dir: Path, spec: TrainSpec, negatives: Pa
     spec = dataclasses.replace(spec, workers=0 if spec.workers is None else spec.workers)
     total = spec.time_budget_min
     job = {"data_dir": str(data_dir), "out_dir": str(out_dir), "spec": dataclasses.asdict(spec), "budget_min": total,
-           "threads": det_threads, "parent": os.getpid()}
+           "deadline": deadline, "threads": det_threads, "parent": os.getpid()}
     env = dict(os.environ, OMP_NUM_THREADS=str(det_threads), PYTHONUNBUFFERED="1")
     print(f"training both stages at once: the detector on {det_threads} of {cores} cores, the reader on the rest",
           flush=True)
@@ -307,7 +315,7 @@ def _train_at_once(data_dir: Path, out_dir: Path, spec: TrainSpec, negatives: Pa
     try:
         torch.set_num_threads(max(1, cores - det_threads))
         reader = train_stage("reader", data_dir, out_dir, spec, negatives=negatives, budget_min=total,
-                             hooks=(DetectorWatchHook(child, cores),))
+                             hooks=(DetectorWatchHook(child, cores),), deadline=deadline)
         if child.poll() is None:
             print("  reader done: waiting for the detector", flush=True)
         if child.wait():
@@ -369,7 +377,7 @@ def _detector_job(job: dict) -> None:
         mine_negatives(cfg, model, data_dir, negatives, seed=spec.seed)
 
     _, ckpt, _ = train_stage("detector", data_dir, out_dir, spec, budget_min=job["budget_min"],
-                             hooks=(MineNegativesHook(MINE_AT, mine),))
+                             hooks=(MineNegativesHook(MINE_AT, mine),), deadline=job.get("deadline"))
     mine_negatives(cfg, ckpt, data_dir, negatives, seed=spec.seed)  # resumed past MINE_AT without them
 
 

@@ -342,6 +342,25 @@ def test_the_time_budget_keeps_back_time_for_the_validations_to_come(monkeypatch
     assert abs(loop._max_iters - (100 + (0.98 * 60 - 4 * 1.0 - 10) / 0.1)) <= 1
 
 
+def test_the_time_budget_counts_from_the_train_steps_start(monkeypatch):
+    """With a deadline (the train step's start plus its budget), a stage's budget is what is left of it when its
+    training starts: the imports, the runner and the data it spent before are counted; a tenth at least."""
+    from types import SimpleNamespace
+
+    import components.mm_parts as parts
+
+    now = [5000.0]
+    monkeypatch.setattr(parts.time, "time", lambda: now[0])
+    start = SimpleNamespace(iter=0, param_schedulers=[], train_loop=SimpleNamespace(_max_iters=100))
+    for deadline, seconds in ((5000.0 + 13 * 60 - 5 - 12, 13 * 60 - 17), (5000.0 + 3600, 13 * 60), (4000.0, 78)):
+        hook = parts.TimeBudgetHook(minutes=13, deadline=deadline)
+        hook.before_train(start)
+        assert hook.seconds == pytest.approx(seconds)
+    hook = parts.TimeBudgetHook(minutes=None, deadline=5100.0)  # no budget: the deadline alone sets none
+    hook.before_train(start)
+    assert hook.seconds is None
+
+
 def test_the_time_budget_refits_a_decay_under_way_from_where_it_is(monkeypatch):
     """Past the decay's start the fit keeps its start and moves its end (mmengine's chainable cosine goes on from
     the current rate to its floor at the new end); the weight average settles to the new length too."""
