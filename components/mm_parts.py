@@ -171,8 +171,8 @@ class LoadPlateRegion:
     that plate take it from there. The region's offset and the image's size go along for CropPlate, which falls
     back to the whole image in the rare case a jittered crop reaches past the region (an edge moved 4 standard
     deviations of the jitter). Decoding each photo for each crop took 3.3-4 ms of the 0.7-1 ms a crop takes from
-    memory, about a tenth of a reader iteration on this CPU (docs/BENCHMARKS.md). The quick preset's 2,400
-    training plates keep about 450 MB; at most `max_mb` MB are kept (per loading process), past that regions are
+    memory, about a tenth of a reader iteration on this CPU (docs/BENCHMARKS.md). The quick preset's 2,391
+    training plates keep 470 MB; at most `max_mb` MB are kept (per loading process), past that regions are
     decoded on every load."""
 
     def __init__(self, margin: float = 0.5, max_mb: float = 2048):
