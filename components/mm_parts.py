@@ -184,7 +184,7 @@ class LoadPlateRegion:
         key = (results["img_path"], *(round(float(v), 2) for v in results["plate_bbox"]))
         cached = self._regions.get(key)
         if cached is None:
-            img = _read_image(results["img_path"])
+            img = read_image(results["img_path"])
             x1, y1, x2, y2 = results["plate_bbox"]
             mx, my = self.margin * (x2 - x1) + 16, self.margin * (y2 - y1) + 16
             rx1, ry1 = max(0, int(np.floor(x1 - mx))), max(0, int(np.floor(y1 - my)))
@@ -203,8 +203,8 @@ class LoadPlateRegion:
         return f"LoadPlateRegion(margin={self.margin})"
 
 
-def _read_image(path: str) -> np.ndarray:
-    """A BGR image as LoadImageFromFile decodes it (OpenCV, colour)."""
+def read_image(path: str) -> np.ndarray:
+    """A training image as LoadImageFromFile decodes it (OpenCV, BGR colour); a clear error where it cannot be read."""
     import cv2
 
     img = cv2.imread(path, cv2.IMREAD_COLOR)
@@ -244,17 +244,17 @@ class CropPlate:
             box = box + np.random.normal(0, self.jitter, 4).astype(np.float32) * np.float32([w, h, w, h])
             if box[2] - box[0] < 4 or box[3] - box[1] < 4:
                 box = np.asarray(results["plate_bbox"], np.float32)
-        offset = np.float32([0, 0])
+        shift = np.zeros(4, np.float32)  # image coordinates -> those of results["img"]
         if "img_offset" in results:  # a region of the image (LoadPlateRegion): its coordinates, or the whole image
             if _region_holds(results, box, self.size, self.fill):
-                offset = np.float32(results["img_offset"])
+                shift = np.tile(np.float32(results["img_offset"]), 2)
             else:
-                results["img"] = _read_image(results["img_path"])
-        crop, transform = crop_plate(results["img"], box - np.tile(offset, 2), self.size, fill=self.fill)
+                results["img"] = read_image(results["img_path"])
+        crop, transform = crop_plate(results["img"], box - shift, self.size, fill=self.fill)
         kept = []
         out_w, out_h = self.size
         for inst in results.get("instances", []):
-            b = to_crop(np.asarray(inst["bbox"], np.float32) - np.tile(offset, 2), transform)[0]
+            b = to_crop(np.asarray(inst["bbox"], np.float32) - shift, transform)[0]
             clipped = np.clip(b, 0, [out_w, out_h, out_w, out_h])
             area = max(0, b[2] - b[0]) * max(0, b[3] - b[1])
             kept_area = max(0, clipped[2] - clipped[0]) * max(0, clipped[3] - clipped[1])

@@ -386,10 +386,10 @@ def mine_negatives(cfg: dict, weights, data_dir: Path, out_file: Path, seed: int
     the reader's negatives, its detections that touch no labelled plate (text, clutter): the reader learns to
     read nothing there, so that a false detection does not become a false plate. Kept from an earlier run on
     the same OUT (resume)."""
-    import cv2
     import numpy as np
     import torch
 
+    from components.mm_parts import read_image
     from serving.reader import build_model, native_bf16, resize_long, run_model
 
     if out_file.is_file():
@@ -415,9 +415,7 @@ def mine_negatives(cfg: dict, weights, data_dir: Path, out_file: Path, seed: int
     try:
         for i in picked:
             image = images[i]
-            img = cv2.imread(str(data_dir / image["file_name"]))
-            if img is None:
-                raise ValueError(f"cannot read {data_dir / image['file_name']}: the data set is damaged; make it again")
+            img = read_image(str(data_dir / image["file_name"]))
             small, scale = resize_long(img, cfg["input_size"])
             pred = run_model(model, [small], [scale], fast)[0]
             for box, score in zip(pred.bboxes.tolist(), pred.scores.tolist()):
