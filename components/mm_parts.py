@@ -8,6 +8,7 @@
   MineNegativesHook the reader's negatives mined with the detector's weights part-way through its training
   DetectorWatchHook the reader's watch on the detector trained beside it (cores, failure)
   TimeBudgetHook    fits training into a wall-clock budget (fewer iterations, schedule fitted), then stops
+  EndAlignedTrainLoop  IterBasedTrainLoop validating at the end and every val_interval before it
   ProgressHook      one line per log interval: iteration, percent, elapsed, ETA
   BF16OptimWrapper  the forward pass and loss in bfloat16 autocast on CPU or GPU, the weights in float32
   GroupedOptimWrapperConstructor  mmengine's per-weight settings, with the weights of equal settings in one group
@@ -29,10 +30,12 @@ import torch
 from mmdet.datasets import BaseDetDataset
 from mmdet.datasets.transforms import RandomCrop
 from mmdet.models.layers import ExpMomentumEMA
-from mmdet.registry import DATASETS, HOOKS, METRICS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS, TRANSFORMS
+from mmdet.registry import (DATASETS, HOOKS, LOOPS, METRICS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS,
+                            TRANSFORMS)
 from mmengine.evaluator import BaseMetric
 from mmengine.hooks import Hook
 from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
+from mmengine.runner import IterBasedTrainLoop
 
 from configs.model import READER_CLASSES
 from serving.crops import crop_plate, read_window, to_crop
@@ -314,6 +317,49 @@ class _Pred:
         self.bboxes, self.scores, self.labels = get("bboxes"), get("scores"), get("labels")
 
 
+@LOOPS.register_module(force=True)
+class EndAlignedTrainLoop(IterBasedTrainLoop):
+    """mmengine's IterBasedTrainLoop, but its validations count back from the end: at max_iters, max_iters -
+    val_interval, ... (from val_begin on). mmengine's validates at multiples of val_interval and at the end, so a
+    schedule fitted to a time budget that ends just past a multiple validated twice in a row (2,200 and 2,210:
+    about 20 s of a quick detector's time). The end moves while the budget fits the schedule: a validation less
+    than half an interval after the last one is left out (the one at the end never)."""
+
+    last_val: int | None = None
+
+    def validates(self, it: int) -> bool:
+        """Whether the loop validates after iteration `it` (counted from 1)."""
+        if it < self.val_begin:
+            return False
+        if it == self._max_iters:
+            return True
+        return ((self._max_iters - it) % self.val_interval == 0
+                and (self.last_val is None or it - self.last_val >= self.val_interval / 2))
+
+    def validations_left(self, after: int, iters: int, val_begin: int) -> int:
+        """How many validations a schedule of `iters` iterations holds after iteration `after` (the end's
+        included), for a first validation at val_begin."""
+        first = max(after + 1, val_begin)
+        return max(0, (iters - first) // self.val_interval) + 1
+
+    def run(self) -> None:
+        self.runner.call_hook("before_train")
+        self.runner.call_hook("before_train_epoch")
+        if self._iter > 0:
+            for _ in range(self._iter):  # resumed: skip the batches already trained on, as mmengine does
+                next(self.dataloader_iterator)
+        while self._iter < self._max_iters and not self.stop_training:
+            self.runner.model.train()
+            self.run_iter(next(self.dataloader_iterator))
+            self._decide_current_val_interval()
+            if self.runner.val_loop is not None and self.validates(self._iter):
+                self.last_val = self._iter
+                self.runner.val_loop.run()
+        self.runner.call_hook("after_train_epoch")
+        self.runner.call_hook("after_train")
+        return self.runner.model
+
+
 @HOOKS.register_module(force=True)
 class TimeBudgetHook(Hook):
     """Fit training into `minutes` of wall clock.
@@ -407,6 +453,8 @@ class TimeBudgetHook(Hook):
 
     def _validations(self, loop, step: int, iters: int) -> int:
         """How many validations a schedule of `iters` iterations still holds after `step` (the last included)."""
+        if hasattr(loop, "validations_left"):  # EndAlignedTrainLoop
+            return loop.validations_left(step, iters, self._val_begin(iters))
         first = max(step + 1, self._val_begin(iters))
         return max(0, (iters - 1) // loop.val_interval - (first - 1) // loop.val_interval) + 1
 

@@ -5,9 +5,9 @@
     OUT/reader/          runner work dir of stage 2 (plate crops, and those negatives to read as nothing)
     OUT/pipeline.pth
 
-Each stage validates every `val_interval` iterations over the last tenth of its schedule (VAL_FROM), and at its
-end (detector: COCO bbox mAP; reader: EIR on plate crops; earlier validations pick nothing and cost time), keeps
-the best checkpoint, and resumes from its last checkpoint when run again on the same OUT.
+Each stage validates at its end and every `val_interval` iterations before it, over the last tenth of its schedule
+(VAL_FROM; detector: COCO bbox mAP; reader: EIR on plate crops; earlier validations pick nothing and cost time),
+keeps the best checkpoint, and resumes from its last checkpoint when run again on the same OUT.
 A finished stage is not trained again.
 
 On a CPU the two stages train at once, each in its own process on half the cores (train.parallel): one
@@ -41,7 +41,7 @@ DETECTOR_SHARE = 0.4  # of train.time_budget_min; the reader has what the detect
 MINE_AT = 0.6
 # the time budget counts from train()'s start: each stage ends this many seconds before it runs out, for the export
 WRAP_UP_S = 5
-VAL_FROM = 0.9  # of a stage's schedule: its first validation (then every val_interval iterations and at the end)
+VAL_FROM = 0.9  # of a stage's schedule: where validations begin (at the end, and every val_interval before it)
 # the reader's negatives: detections scoring at least NEGATIVE_SCORE (below serving's 0.4) that touch no labelled
 # plate, in up to NEGATIVE_IMAGES training images; the surest NEGATIVE_SHARE x the plate count are kept
 NEGATIVE_SCORE, NEGATIVE_IMAGES, NEGATIVE_SHARE = 0.3, 500, 0.25
@@ -155,7 +155,7 @@ def runner_config(stage: str, cfg: dict, data_dir: Path, work_dir: Path, spec: T
         val_dataloader=dict(batch_size=max(1, cfg["batch_size"] // 2), sampler=dict(type="DefaultSampler", shuffle=False),
                             dataset=val_set, **loader),
         val_evaluator=evaluator,
-        train_cfg=dict(type="IterBasedTrainLoop", max_iters=iters, val_interval=val_interval,
+        train_cfg=dict(type="EndAlignedTrainLoop", max_iters=iters, val_interval=val_interval,
                        val_begin=max(1, round(VAL_FROM * iters))),
         val_cfg=dict(type="ValLoop"),
         optim_wrapper=dict(type="BF16OptimWrapper" if bf16(spec.precision) else "OptimWrapper",

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -289,7 +290,7 @@ def test_a_time_budget_fits_the_schedule_instead_of_cutting_it(data_dir, tmp_pat
 
 
 def _fitted(monkeypatch, val_seconds: float, val_interval: int = 100000, decay_begin: int = 2500, step: int = 100,
-            ema=None, val_batches: int | None = None):
+            ema=None, val_batches: int | None = None, end_aligned: bool = False):
     """A TimeBudgetHook of 60 s asked to fit a 5,000-iteration schedule at iteration `step`, 10 s in, at 0.1 s
     per iteration, after one validation of val_seconds (0: none yet)."""
     from types import SimpleNamespace
@@ -305,7 +306,10 @@ def _fitted(monkeypatch, val_seconds: float, val_interval: int = 100000, decay_b
     hook = parts.TimeBudgetHook(minutes=1.0)
     clock = [1000.0]
     monkeypatch.setattr(parts.time, "monotonic", lambda: clock[0])
-    loop = SimpleNamespace(_max_iters=5000, val_interval=val_interval, val_begin=2500)
+    # mmengine's loop, or one that counts its validations as EndAlignedTrainLoop does
+    Loop = (type("Loop", (SimpleNamespace,), {"validations_left": parts.EndAlignedTrainLoop.validations_left})
+            if end_aligned else SimpleNamespace)
+    loop = Loop(_max_iters=5000, val_interval=val_interval, val_begin=2500)
     start = SimpleNamespace(iter=0, param_schedulers=[], train_loop=loop)
     if val_batches:
         start.val_loop = SimpleNamespace(dataloader=[None] * val_batches)
@@ -340,6 +344,56 @@ def test_the_time_budget_keeps_back_time_for_the_validations_to_come(monkeypatch
     # every 100 iterations from halfway: 300, 400, 500 and the last one, 1 s each
     loop, _ = _fitted(monkeypatch, 1.0, val_interval=100)
     assert abs(loop._max_iters - (100 + (0.98 * 60 - 4 * 1.0 - 10) / 0.1)) <= 1
+
+
+def _loop(max_iters: int, val_interval: int, val_begin: int, refit: dict | None = None):
+    """An EndAlignedTrainLoop run over a stand-in runner; refit {iteration: new max_iters} moves the end as the
+    time budget does. Returns the iterations it validated after, and the loop."""
+    from components.mm_parts import EndAlignedTrainLoop
+
+    loop = object.__new__(EndAlignedTrainLoop)  # the loop's own logic, without a dataloader to build
+    validated = []
+
+    def call_hook(name, **kwargs):
+        if name == "after_train_iter" and refit and loop._iter + 1 in refit:
+            loop._max_iters = refit[loop._iter + 1]
+
+    model = SimpleNamespace(train=lambda: None, train_step=lambda batch, optim_wrapper: {})
+    loop._runner = SimpleNamespace(call_hook=call_hook, model=model, optim_wrapper=None,
+                                  val_loop=SimpleNamespace(run=lambda: validated.append(loop._iter)))
+    loop._max_iters, loop._iter, loop.val_begin, loop.val_interval = max_iters, 0, val_begin, val_interval
+    loop.stop_training, loop.dynamic_milestones, loop.dynamic_intervals = False, [0], [val_interval]
+    loop.dataloader_iterator = iter(range(10 ** 6))
+    loop.run()
+    assert loop._iter == loop._max_iters
+    return validated, loop
+
+
+def test_validations_count_back_from_the_end():
+    """The end is always validated once, and the interval's validations count back from it: an end fitted to
+    2,210 validates at 2,010 and 2,210, not at 2,000, 2,200 and 2,210 as mmengine's loop does."""
+    validated, loop = _loop(2210, 200, 1989)
+    assert validated == [2010, 2210]
+    assert loop.validations_left(0, 2210, 1989) == 2 and loop.validations_left(2010, 2210, 1989) == 1
+    assert _loop(3000, 200, 2700)[0] == [2800, 3000]
+    assert _loop(3000, 200, 2000)[0] == [2000, 2200, 2400, 2600, 2800, 3000]
+    assert loop.validations_left(0, 3000, 2000) == 6
+    assert _loop(4, 2, 4)[0] == [4]
+    # the budget moves the end after a validation: one just validated is not repeated within half an interval
+    validated, _ = _loop(2210, 200, 1989, refit={2050: 2230})
+    assert validated == [2010, 2230]
+    validated, _ = _loop(2210, 200, 1989, refit={2050: 2280})
+    assert validated == [2010, 2280]  # 2,080 is too soon after 2,010
+    validated, _ = _loop(2210, 200, 1989, refit={2050: 2350})
+    assert validated == [2010, 2150, 2350]
+
+
+def test_the_time_budget_keeps_back_time_for_the_validations_of_an_end_aligned_loop(monkeypatch):
+    """Fitted with EndAlignedTrainLoop, the schedule keeps back time for its own validations: every 100 from
+    halfway, counted back from the end, three of them in the time where mmengine's loop holds four."""
+    loop, _ = _fitted(monkeypatch, 1.0, val_interval=100, end_aligned=True)
+    assert abs(loop._max_iters - (100 + (0.98 * 60 - 3 * 1.0 - 10) / 0.1)) <= 1
+    assert loop.validations_left(99, loop._max_iters, loop.val_begin) == 3
 
 
 def test_the_time_budget_counts_from_the_train_steps_start(monkeypatch):
