@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
-SERVING_MODULES = ("__init__.py", "labels.py", "plates.py", "crops.py", "images.py", "reader.py")
+SERVING_MODULES = ("__init__.py", "labels.py", "plates.py", "crops.py", "images.py", "layers.py", "reader.py")
 
 
 @dataclass(frozen=True)

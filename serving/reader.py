@@ -147,11 +147,14 @@ def _unsure(read: dict | None, score: float) -> bool:
 def build_model(stage: str, cfg: dict, state_dict: dict, device):
     """One stage's MMDetection model, built from its config (as in pipeline.pth) with its weights, on device,
     in eval mode, its weights laid out channels-last (oneDNN's fast convolutions on CPU: a quarter less time
-    per image, same results); a clear error where the weights do not fit the config."""
+    per image, same results), its depthwise layers in float32 (serving.layers: as in training); a clear error
+    where the weights do not fit the config."""
     import torch
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
     from mmengine.config import ConfigDict
+
+    from serving.layers import depthwise_in_float32
 
     register_all_modules(init_default_scope=True)
     model = MODELS.build(ConfigDict(cfg["model"]))
@@ -159,6 +162,7 @@ def build_model(stage: str, cfg: dict, state_dict: dict, device):
     if missing or unexpected:
         raise ValueError(f"the {stage} weights do not fit its config (missing {missing[:3]}, "
                          f"unexpected {unexpected[:3]}): the file is damaged or from another version")
+    depthwise_in_float32(model)
     return model.to(device).to(memory_format=torch.channels_last).eval()
 
 
