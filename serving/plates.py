@@ -124,19 +124,15 @@ def _read_plate(plate: Detection, members: list[Detection]) -> dict:
     sub_text, sub_ok = _pattern(sub, ("digit", "digit", "letter"))
     main_text, main_ok = _pattern(main, ("digit",) * 4)
     used = (sub + main)[:7] if sub_ok and main_ok else sub + main
-    x1, y1, x2, y2 = plate.bbox
     char_scores = [c.score for c in used]
     score = plate.score * (min(char_scores) if char_scores else 0.0)
     valid = sub_ok and main_ok
     text = "".join(c or "?" for c in sub_text + main_text)
     return {
         "type": plate.label,
-        "board_center_p": [int(round((x1 + x2) / 2)), int(round((y1 + y2) / 2))],
-        "width": int(round(x2 - x1)),
-        "height": int(round(y2 - y1)),
+        **box_fields(plate.bbox),
         "sub_text": sub_text,
         "main_text": main_text,
-        "bbox": [round(float(v), 1) for v in plate.bbox],
         "plate": text,
         "region": text[:2],
         "class": text[2],
@@ -144,6 +140,13 @@ def _read_plate(plate: Detection, members: list[Detection]) -> dict:
         "score": round(score, 4),
         "valid": valid,
     }
+
+
+def box_fields(box: Sequence[float]) -> dict:
+    """A plate's place in a read: board_center_p, width and height (whole pixels) and bbox."""
+    x1, y1, x2, y2 = box
+    return {"board_center_p": [int(round((x1 + x2) / 2)), int(round((y1 + y2) / 2))],
+            "width": int(round(x2 - x1)), "height": int(round(y2 - y1)), "bbox": [round(float(v), 1) for v in box]}
 
 
 def decode(detections: Iterable[Detection], *, plate_score: float = 0.3, char_score: float = 0.3,

@@ -13,7 +13,7 @@ import numpy as np
 
 from serving.crops import crop_plate, to_image
 from serving.labels import CLASSES
-from serving.plates import Detection, decode
+from serving.plates import Detection, box_fields, decode
 
 FORMAT = "platepipe.pipeline/1"
 STAGES = ("detector", "reader")
@@ -32,13 +32,17 @@ SCORE_THRESHOLD = 0.4
 # split, reads under 0.25 were wrong twice as often as right (docs/BENCHMARKS.md)
 READ_SCORE = 0.25
 # a plate read partly or scoring under SECOND_LOOK is read again from other crops of its box (LOOKS: the box
-# scaled by (x, y) about its centre), one after the other while its surest read is still unsure, and the surest
-# read kept. 0.5 chosen on the validation split (one look at 95% x 92%: EIR 0.935 -> 0.949; 0.4: 0.946; 0.6 and
-# 0.7: no better, 2-4x the second looks); the looser third and tighter fourth looks, chosen on the validation
-# split of three later models (+3 of 828 plates), read 9 more of their 831 test plates and 1 fewer of 873 on the
-# shifted set, for 1-5 ms more per image; most of the gain is on small plates (docs/BENCHMARKS.md)
+# scaled by (x, y) about its centre and moved by dx of its width), one after the other while its surest read is
+# still unsure, and the surest read kept. 0.5 chosen on the validation split (one look at 95% x 92%: EIR 0.935 ->
+# 0.949; 0.4: 0.946; 0.6 and 0.7: no better, 2-4x the second looks); the looser third and tighter fourth looks,
+# chosen on the validation split of three later models (+3 of 828 plates), read 9 more of their 831 test plates
+# and 1 fewer of 873 on the shifted set, for 1-5 ms more per image; most of the gain is on small plates. The last
+# two, the box 15% wider and moved 8% of its width to the right, then to the left, are for plates whose box the
+# detector cut short by a character or two (large one-row plates, mostly): only while the read is partial with 5
+# or 6 characters read (+1 of 276 val and +1 of 277 test plates for each of two models; docs/BENCHMARKS.md)
 SECOND_LOOK = 0.5
-LOOKS = ((0.95, 0.92), (1.06, 1.1), (0.9, 0.85))
+FIRST_LOOK = (1.0, 1.0, 0.0)
+LOOKS = ((0.95, 0.92, 0.0), (1.06, 1.1, 0.0), (0.9, 0.85, 0.0), (1.15, 1.05, 0.08), (1.15, 1.05, -0.08))
 
 
 class PlateReader:
@@ -85,12 +89,12 @@ class PlateReader:
                    for b, s, l in zip(pred.bboxes.tolist(), pred.scores.tolist(), pred.labels.tolist())
                    if s >= self.plate_score] for pred in found]
         keys = [(i, j) for i, kept in enumerate(plates) for j in range(len(kept))]
-        reads = {key: [read] for key, read in zip(keys, self._read(images, plates, keys, 1.0))}
-        for box in LOOKS if self.second_look else ():
-            again = [key for key in keys if _unsure(_surest(reads[key])[0], self.second_look)]
+        reads = {key: [read] for key, read in zip(keys, self._read(images, plates, keys, FIRST_LOOK))}
+        for look in LOOKS if self.second_look else ():
+            again = [key for key in keys if self._worth_a_look(_surest(reads[key])[0], look)]
             if not again:
                 break
-            for key, read in zip(again, self._read(images, plates, again, box)):
+            for key, read in zip(again, self._read(images, plates, again, look)):
                 reads[key].append(read)
         out = []
         for i, kept in enumerate(plates):
@@ -105,16 +109,23 @@ class PlateReader:
             out.append(ImageResult(plates=sorted(decoded, key=lambda p: -p["score"]), detections=detections))
         return out
 
-    def _read(self, images, plates, keys, shrink) -> list[tuple[dict | None, list[Detection]]]:
-        """Read the plates at keys (image, plate) from crops of their boxes scaled by shrink (a number, or
-        (x, y)) about their centres, in one reader batch: (the decoded plate or None, its characters) each."""
+    def _worth_a_look(self, read: dict | None, look: tuple[float, float, float]) -> bool:
+        """Is a plate's surest read so far worth this further look: a moved look where it seems cut short, the
+        others where it is unsure."""
+        return _cut_short(read) if look[2] else _unsure(read, self.second_look)
+
+    def _read(self, images, plates, keys, look) -> list[tuple[dict | None, list[Detection]]]:
+        """Read the plates at keys (image, plate) from crops of their boxes scaled by look's (x, y) about their
+        centres and moved by its dx of their widths, in one reader batch: (the decoded plate or None, its
+        characters) each."""
         if not keys:
             return []
-        sx, sy = (shrink, shrink) if isinstance(shrink, (int, float)) else shrink
+        sx, sy, dx = look
         crops, transforms = [], []
         for i, j in keys:
             x1, y1, x2, y2 = plates[i][j].bbox
-            cx, cy, hw, hh = (x1 + x2) / 2, (y1 + y2) / 2, (x2 - x1) * sx / 2, (y2 - y1) * sy / 2
+            cx, cy = (x1 + x2) / 2 + dx * (x2 - x1), (y1 + y2) / 2
+            hw, hh = (x2 - x1) * sx / 2, (y2 - y1) * sy / 2
             crop, transform = crop_plate(images[i], (cx - hw, cy - hh, cx + hw, cy + hh), self.crop_size,
                                          fill=self.crop_fill)
             crops.append(crop)
@@ -125,9 +136,14 @@ class PlateReader:
             boxes = to_image(pred.bboxes.cpu().numpy(), transform)
             chars = [Detection(read_classes[int(l)], float(s), tuple(float(v) for v in b))
                      for b, s, l in zip(boxes.tolist(), pred.scores.tolist(), pred.labels.tolist())]
-            decoded = decode([plates[i][j]] + chars, plate_score=self.plate_score, char_score=self.char_score,
+            plate = plates[i][j]
+            x1, y1, x2, y2 = plate.bbox
+            # a moved look reads the characters inside the box moved with it; the read keeps the detector's box
+            moved = Detection(plate.label, plate.score, (x1 + dx * (x2 - x1), y1, x2 + dx * (x2 - x1), y2))
+            decoded = decode([moved] + chars, plate_score=self.plate_score, char_score=self.char_score,
                              keep_partial=True)
-            out.append((decoded[0] if decoded else None, chars))
+            read = {**decoded[0], **box_fields(plate.bbox)} if decoded else None
+            out.append((read, chars))
         return out
 
 
@@ -142,6 +158,12 @@ def _unsure(read: dict | None, score: float) -> bool:
     if read is None or sum(c != "?" for c in read["plate"]) < 4:
         return False
     return not read["valid"] or read["score"] < score
+
+
+def _cut_short(read: dict | None) -> bool:
+    """Does a plate's read look cut short by its box, worth a look from a moved box: partial, with 5 or 6 of its
+    7 characters read?"""
+    return read is not None and not read["valid"] and sum(c != "?" for c in read["plate"]) >= 5
 
 
 def build_model(stage: str, cfg: dict, state_dict: dict, device):

@@ -462,7 +462,8 @@ def _plates_read(plate: Detection, text: str, score: float) -> tuple[dict, list[
 
 def test_unsure_reads_get_further_looks_until_one_is_sure(trained, data_dir, monkeypatch):
     """A plate read partly, or whole but scoring under second_look, is read again from its box scaled by LOOKS[0]
-    about its centre, then LOOKS[1], LOOKS[2], as long as its surest read is still unsure; the surest read is kept,
+    about its centre (and moved by its dx), then LOOKS[1], ..., as long as its surest read is still unsure; the
+    surest read is kept,
     with its characters. Sure reads and reads of nothing (text the detector took for a plate) get no further look.
     Both stages' answers are set here (four training iterations find nothing); the crops are cut by the real code
     and read by the real tiny reader."""
@@ -470,12 +471,12 @@ def test_unsure_reads_get_further_looks_until_one_is_sure(trained, data_dir, mon
     from mmengine.structures import InstanceData
 
     from serving import reader as reader_module
-    from serving.reader import LOOKS, SECOND_LOOK
+    from serving.reader import FIRST_LOOK, LOOKS, SECOND_LOOK
 
     reader = PlateReader(load_pipeline(trained[1]), keep_partial=True)
     images = [cv2.imread(str(p)) for p in sorted((data_dir / "images").iterdir())[:2]]
     found = [(10.0, 10.0, 90.0, 40.0), (100.0, 10.0, 180.0, 40.0), (10.0, 60.0, 90.0, 90.0), (100.0, 60.0, 180.0, 90.0),
-             (10.0, 110.0, 90.0, 140.0)]
+             (10.0, 110.0, 90.0, 140.0), (100.0, 110.0, 180.0, 140.0)]
     real_run = reader_module.run_model
 
     def run_model(model, batch, scales, bf16=False):
@@ -487,19 +488,25 @@ def test_unsure_reads_get_further_looks_until_one_is_sure(trained, data_dir, mon
                 InstanceData(bboxes=torch.zeros((0, 4)), scores=torch.zeros(0), labels=torch.zeros(0, dtype=torch.long))]
 
     unsure = SECOND_LOOK - 0.05
-    answers = {  # per look (1.0 = the first read): what each plate reads, at what score
-        1.0: {0: ("12A3456", 0.95), 1: ("12?3456", 0.9), 2: ("", 0.9), 3: ("34B5678", unsure - 0.1), 4: ("45C6789", 0.3)},
-        LOOKS[0]: {1: ("56C7890", SECOND_LOOK), 3: ("34B5679", unsure), 4: ("45C6780", unsure)},  # 1 is sure now
-        LOOKS[1]: {3: ("34B5678", unsure - 0.2), 4: ("45?6789", 0.9)},
-        LOOKS[2]: {3: ("78D9012", 0.8), 4: ("45C6781", unsure - 0.1)},  # 3 is sure now; 4 never is
+    answers = {  # per look: what each plate reads, at what score
+        FIRST_LOOK: {0: ("12A3456", 0.95), 1: ("12?3456", 0.9), 2: ("", 0.9), 3: ("34B5678", unsure - 0.1),
+                     4: ("45C6789", 0.3), 5: ("67E890?", 0.9)},
+        LOOKS[0]: {1: ("56C7890", SECOND_LOOK), 3: ("34B5679", unsure), 4: ("45C6780", unsure),  # 1 is sure now
+                   5: ("67E890?", 0.9)},
+        LOOKS[1]: {3: ("34B5678", unsure - 0.2), 4: ("45?6789", 0.9), 5: ("?7E890?", 0.9)},
+        LOOKS[2]: {3: ("78D9012", 0.8), 4: ("45C6781", unsure - 0.1), 5: ("67E89??", 0.9)},  # 3 is sure; 4 never
+        # the moved looks only for 5 (partial, 6 characters): 4's surest read is whole, just unsure
+        LOOKS[3]: {5: ("67E89?1", 0.9)},
+        LOOKS[4]: {5: ("67E8901", 0.8)},
     }
+    assert len(LOOKS) == 5 and all(dx == 0 for _, _, dx in LOOKS[:3]) and LOOKS[3][2] == -LOOKS[4][2] != 0
     calls, boxes = [], []
     real_read = PlateReader._read
 
-    def fake_read(images, plates, keys, shrink):
-        calls.append((shrink, list(keys)))
-        real_read(reader, images, plates, keys, shrink)  # cuts the crops (recorded below) and reads them for real
-        return [_plates_read(plates[i][j], *answers[shrink][j]) for i, j in keys]  # then answers as set
+    def fake_read(images, plates, keys, look):
+        calls.append((look, list(keys)))
+        real_read(reader, images, plates, keys, look)  # cuts the crops (recorded below) and reads them for real
+        return [_plates_read(plates[i][j], *answers[look][j]) for i, j in keys]  # then answers as set
 
     real_crop = reader_module.crop_plate
     monkeypatch.setattr(reader_module, "run_model", run_model)
@@ -507,27 +514,66 @@ def test_unsure_reads_get_further_looks_until_one_is_sure(trained, data_dir, mon
                         lambda img, box, *a, **k: boxes.append((calls[-1][0], box)) or real_crop(img, box, *a, **k))
     monkeypatch.setattr(reader, "_read", fake_read)
     results = reader.predict(images)
-    assert [(s, sorted(k)) for s, k in calls] == [(1.0, [(0, j) for j in range(5)]), (LOOKS[0], [(0, 1), (0, 3), (0, 4)]),
-                                                  (LOOKS[1], [(0, 3), (0, 4)]), (LOOKS[2], [(0, 3), (0, 4)])]
-    assert len(boxes) == 5 + 3 + 2 + 2
-    for shrink, keys in calls[1:]:
-        sx, sy = shrink
-        for (_, j), box in zip(keys, [b for s, b in boxes if s == shrink]):
+    assert [(s, sorted(k)) for s, k in calls] == [(FIRST_LOOK, [(0, j) for j in range(6)]),
+                                                  (LOOKS[0], [(0, 1), (0, 3), (0, 4), (0, 5)]),
+                                                  (LOOKS[1], [(0, 3), (0, 4), (0, 5)]), (LOOKS[2], [(0, 3), (0, 4), (0, 5)]),
+                                                  (LOOKS[3], [(0, 5)]), (LOOKS[4], [(0, 5)])]
+    assert len(boxes) == 6 + 4 + 3 + 3 + 1 + 1
+    for look, keys in calls:
+        sx, sy, dx = look
+        for (_, j), box in zip(keys, [b for s, b in boxes if s == look]):
             x1, y1, x2, y2 = found[j]
-            cx, cy, w, h = (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1
+            cx, cy, w, h = (x1 + x2) / 2 + dx * (x2 - x1), (y1 + y2) / 2, x2 - x1, y2 - y1
             assert np.allclose(box, (cx - w * sx / 2, cy - h * sy / 2, cx + w * sx / 2, cy + h * sy / 2))
     # the kept reads: the sure one as it was, the others the surest of their looks (4: the surest whole read)
     by_box = {tuple(p["bbox"]): p["plate"] for p in results[0].plates}
     assert by_box == {found[0]: "12A3456", found[1]: "56C7890", found[2]: "???????", found[3]: "78D9012",
-                      found[4]: "45C6780"}
+                      found[4]: "45C6780", found[5]: "67E8901"}
     groups = []  # detections: each plate, then the characters of its kept read
     for det in results[0].detections:
         if det.label in ("r_board", "l_board"):
             groups.append("")
         else:
             groups[-1] += det.label
-    assert groups == ["12A3456", "56C7890", "", "78D9012", "45C6780"]
+    assert groups == ["12A3456", "56C7890", "", "78D9012", "45C6780", "67E8901"]
     assert results[1].plates == [] and results[1].detections == []
+
+
+def test_a_plate_cut_short_is_read_from_a_moved_box(trained, data_dir, monkeypatch):
+    """The detector's box ends before the plate's last character: read from it, that character lies outside the
+    box and the read is partial. The look moved 8% of the box's width to the right reads the characters inside the
+    moved box, whole; the read reports the detector's own box. (The reader's characters are set in image pixels.)"""
+    import cv2
+    from mmengine.structures import InstanceData
+
+    from serving import reader as reader_module
+    from serving.reader import LOOKS
+
+    reader = PlateReader(load_pipeline(trained[1]))
+    image = cv2.imread(str(sorted((data_dir / "images").iterdir())[0]))
+    plate = (100.0, 100.0, 300.0, 150.0)  # the plate runs on to x = 330; its box stops at 300
+    chars = [(110.0 + 32 * k, 110.0, 130.0 + 32 * k, 140.0) for k in range(7)]  # the last at 302-322
+    labels = [reader.classes["reader"].index(c) for c in "12A3456"]
+    real_run, looks = reader_module.run_model, []
+
+    def run_model(model, batch, scales, bf16=False):
+        if model is reader.models["detector"]:
+            return [InstanceData(bboxes=torch.tensor([plate]), scores=torch.tensor([0.9]),
+                                 labels=torch.tensor([reader.classes["detector"].index("l_board")]))]
+        real_run(model, batch, scales, bf16)
+        return [InstanceData(bboxes=torch.tensor(chars), scores=torch.full((7,), 0.9), labels=torch.tensor(labels))
+                for _ in batch]
+
+    real_read = PlateReader._read
+    monkeypatch.setattr(reader_module, "run_model", run_model)
+    monkeypatch.setattr(reader_module, "to_image", lambda boxes, transform: np.asarray(boxes, np.float32))
+    monkeypatch.setattr(reader, "_read", lambda images, plates, keys, look: looks.append(look)
+                        or real_read(reader, images, plates, keys, look))
+    result = reader.predict([image])[0]
+    assert looks == [(1.0, 1.0, 0.0)] + list(LOOKS[:4])  # partial through the scaled looks; whole when moved right
+    assert [(p["plate"], p["valid"]) for p in result.plates] == [("12A3456", True)]
+    assert result.plates[0]["bbox"] == list(plate) and result.plates[0]["width"] == 200
+    assert result.plates[0]["board_center_p"] == [200, 125]
 
 
 def test_second_look_rules():
@@ -538,6 +584,12 @@ def test_second_look_rules():
     assert _unsure({"plate": "12?3456", "valid": False, "score": 0.9}, 0.5)      # partial
     assert _unsure({"plate": "12A3456", "valid": True, "score": 0.49}, 0.5)      # whole but unsure
     assert not _unsure({"plate": "12A3456", "valid": True, "score": 0.5}, 0.5)   # sure
+    from serving.reader import _cut_short
+    assert _cut_short({"plate": "12A345?", "valid": False, "score": 0.9})        # a character short
+    assert _cut_short({"plate": "?2A345?", "valid": False, "score": 0.9})        # two
+    assert not _cut_short({"plate": "?2A34??", "valid": False, "score": 0.9})    # four read: not a box cut short
+    assert not _cut_short({"plate": "12A3456", "valid": True, "score": 0.3})     # whole, however unsure
+    assert not _cut_short(None)
 
 
 def test_one_plate_read_from_two_boxes_is_reported_once():
