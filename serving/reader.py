@@ -161,8 +161,8 @@ def _unsure(read: dict | None, score: float) -> bool:
 
 
 def _cut_short(read: dict | None) -> bool:
-    """Does a plate's read look cut short by its box, worth a look from a moved box: partial, with 5 or 6 of its
-    7 characters read?"""
+    """Does a plate's read look cut short by its box, worth a look from a moved box: partial, with at least 5 of
+    its 7 places read (a character or two missing)?"""
     return read is not None and not read["valid"] and sum(c != "?" for c in read["plate"]) >= 5
 
 
