@@ -121,28 +121,28 @@ class PlateReader:
         if not keys:
             return []
         sx, sy, dx = look
-        crops, transforms = [], []
+        crops, transforms, moved = [], [], []
         for i, j in keys:
-            x1, y1, x2, y2 = plates[i][j].bbox
-            cx, cy = (x1 + x2) / 2 + dx * (x2 - x1), (y1 + y2) / 2
+            plate = plates[i][j]
+            x1, y1, x2, y2 = plate.bbox
+            shift = dx * (x2 - x1)
+            # a moved look reads the characters inside the box moved with it; the read keeps the detector's box
+            moved.append(Detection(plate.label, plate.score, (x1 + shift, y1, x2 + shift, y2)))
+            cx, cy = (x1 + x2) / 2 + shift, (y1 + y2) / 2
             hw, hh = (x2 - x1) * sx / 2, (y2 - y1) * sy / 2
             crop, transform = crop_plate(images[i], (cx - hw, cy - hh, cx + hw, cy + hh), self.crop_size,
                                          fill=self.crop_fill)
             crops.append(crop)
             transforms.append(transform)
         read_classes, out = self.classes["reader"], []
-        for (i, j), transform, pred in zip(keys, transforms, run_model(self.models["reader"], crops,
-                                                                        [1.0] * len(crops), self.bf16)):
+        for (i, j), box, transform, pred in zip(keys, moved, transforms, run_model(self.models["reader"], crops,
+                                                                                    [1.0] * len(crops), self.bf16)):
             boxes = to_image(pred.bboxes.cpu().numpy(), transform)
             chars = [Detection(read_classes[int(l)], float(s), tuple(float(v) for v in b))
                      for b, s, l in zip(boxes.tolist(), pred.scores.tolist(), pred.labels.tolist())]
-            plate = plates[i][j]
-            x1, y1, x2, y2 = plate.bbox
-            # a moved look reads the characters inside the box moved with it; the read keeps the detector's box
-            moved = Detection(plate.label, plate.score, (x1 + dx * (x2 - x1), y1, x2 + dx * (x2 - x1), y2))
-            decoded = decode([moved] + chars, plate_score=self.plate_score, char_score=self.char_score,
+            decoded = decode([box] + chars, plate_score=self.plate_score, char_score=self.char_score,
                              keep_partial=True)
-            read = {**decoded[0], **box_fields(plate.bbox)} if decoded else None
+            read = {**decoded[0], **box_fields(plates[i][j].bbox)} if decoded else None
             out.append((read, chars))
         return out
 
