@@ -113,5 +113,6 @@ def main() -> None:
     print(f"{args.stage}, {args.threads} thread(s), {len(times[base])} iterations each: {base} {slow:.4f} s/it, "
           f"platepipe {fast:.4f} s/it, ratio {fast / slow:.3f} ({(1 - fast / slow) * 100:.1f}% less time)")
 
+
 if __name__ == "__main__":
     main()
