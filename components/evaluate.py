@@ -18,7 +18,7 @@ import numpy as np
 
 from serving.labels import CLASSES, PLATE_TYPES, category_id
 from serving.plates import Detection, decode, iou
-from serving.reader import SCORE_THRESHOLD
+from serving.reader import CHAR_SCORE, PLATE_SCORE
 
 SIZE_BUCKETS = ((0, 120, "small (<120 px)"), (120, 240, "medium (120-240 px)"), (240, 1e9, "large (>=240 px)"))
 
@@ -102,7 +102,8 @@ def _rate(hits: int, total: int) -> float | None:
 
 
 def evaluate(model, data_dir: str | Path, out_dir: str | Path, split: str = "test",
-             score_threshold: float = SCORE_THRESHOLD, iou_threshold: float = 0.5, report_worst: int = 12,
+             plate_score: float = PLATE_SCORE, char_score: float = CHAR_SCORE, iou_threshold: float = 0.5,
+             report_worst: int = 12,
              device: str = "auto", batch: int = 4, progress: bool = True) -> dict:
     """Run the reader over a split and write OUT/metrics.json and OUT/report.html; return the metrics.
 
@@ -123,7 +124,7 @@ def evaluate(model, data_dir: str | Path, out_dir: str | Path, split: str = "tes
     if hasattr(model, "predict"):
         reader = model
     else:
-        reader = PlateReader.from_file(model, device=device, plate_score=score_threshold, char_score=score_threshold)
+        reader = PlateReader.from_file(model, device=device, plate_score=plate_score, char_score=char_score)
     cases: list[PlateCase] = []
     detections, timings, plate_free_reports = [], [], 0
     images = coco["images"]

@@ -42,7 +42,7 @@ MINE_AT = 0.6
 # the time budget counts from train()'s start: each stage ends this many seconds before it runs out, for the export
 WRAP_UP_S = 5
 VAL_FROM = 0.9  # of a stage's schedule: where validations begin (at the end, and every val_interval before it)
-# the reader's negatives: detections scoring at least NEGATIVE_SCORE (below serving's 0.4) that touch no labelled
+# the reader's negatives: detections scoring at least NEGATIVE_SCORE (boxes serving reads too) that touch no labelled
 # plate, in up to NEGATIVE_IMAGES training images; the surest NEGATIVE_SHARE x the plate count are kept
 NEGATIVE_SCORE, NEGATIVE_IMAGES, NEGATIVE_SHARE = 0.3, 500, 0.25
 

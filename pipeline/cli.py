@@ -324,7 +324,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from components.evaluate import evaluate
     cfg = _load(args)
     ev = cfg.evaluate
-    metrics = evaluate(args.model, args.data, args.out, split=args.split, score_threshold=ev.score_threshold,
+    metrics = evaluate(args.model, args.data, args.out, split=args.split, plate_score=ev.plate_score, char_score=ev.char_score,
                        iou_threshold=ev.iou_threshold, report_worst=ev.report_worst)
     print(f"EIR {metrics['eir']:.4f} on {metrics['plates']} plates ({metrics['images']} images); "
           f"mAP {metrics['bbox_mAP']:.4f}, char accuracy {metrics['char_accuracy']}, "

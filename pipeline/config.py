@@ -108,12 +108,13 @@ class TrainConfig(_Section):
 @dataclass(frozen=True)
 class EvaluateConfig(_Section):
     min_eir: float
-    score_threshold: float
+    plate_score: float
+    char_score: float
     iou_threshold: float
     report_worst: int
 
     def check(self) -> None:
-        for name in ("min_eir", "score_threshold", "iou_threshold"):
+        for name in ("min_eir", "plate_score", "char_score", "iou_threshold"):
             _between(self, name, 0.0, 1.0)
         _between(self, "report_worst", 0, 1000)
 

@@ -90,7 +90,7 @@ def evaluate(config: str, min_eir: float, model_path: str, data_dir: str, report
 
     ev = _cfg(config).evaluate
     with tempfile.TemporaryDirectory() as tmp:
-        metrics = run(model_path, data_dir, tmp, score_threshold=ev.score_threshold, iou_threshold=ev.iou_threshold,
+        metrics = run(model_path, data_dir, tmp, plate_score=ev.plate_score, char_score=ev.char_score, iou_threshold=ev.iou_threshold,
                       report_worst=ev.report_worst, progress=False)
         shutil.copyfile(Path(tmp) / "report.html", report_html)
     metrics["min_eir"] = min_eir

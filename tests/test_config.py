@@ -33,7 +33,7 @@ DOCUMENTED = {
     "model.preset": "quick", "model.pretrained": None, "model.device": "auto",
     "train.max_iters": None, "train.batch_size": None, "train.lr": None, "train.resume": True,
     "train.time_budget_min": None, "train.precision": "auto", "train.parallel": "auto",
-    "evaluate.min_eir": 0.95, "evaluate.score_threshold": 0.4, "evaluate.iou_threshold": 0.5,
+    "evaluate.min_eir": 0.95, "evaluate.plate_score": 0.3, "evaluate.char_score": 0.4, "evaluate.iou_threshold": 0.5,
     "evaluate.report_worst": 12,
     "serving.model_name": "pipeline", "serving.inference_port": 8085, "serving.management_port": 8081,
     "serving.metrics_port": 8082, "serving.bind_address": "127.0.0.1", "serving.workers_per_model": 1,
