@@ -55,18 +55,36 @@ class DataConfig(_Section):
     max_size: int
     plate_width_min: int
     plate_width_max: int
+    plate_width_max_frac: float
+    styles: dict[str, float]
     split_train: float
     split_val: float
     split_test: float
     backgrounds: Optional[str]
+    procedural_fraction: float
+    ood_images: int
     out_dir: Optional[str]
 
     def check(self) -> None:
+        from components.data import STYLES
+
         _not_empty(self, "source")
         _positive(self, "n_images", "min_size", "max_size", "plate_width_min", "plate_width_max")
         _between(self, "seed", 0, 2**32 - 1)
         _ordered(self, "min_size", "max_size")
         _ordered(self, "plate_width_min", "plate_width_max")
+        _between(self, "plate_width_max_frac", 0.05, 1.0)
+        _between(self, "procedural_fraction", 0.0, 1.0)
+        _between(self, "ood_images", 0, 100_000)
+        _not_empty(self, "backgrounds")
+        for name, weight in self.styles.items():
+            if name not in STYLES:
+                raise ConfigError(f"data.styles.{name}: unknown style{_did_you_mean(name, STYLES)}; the styles are "
+                                  f"{', '.join(STYLES)}")
+            if not 0 <= weight < float("inf"):
+                raise ConfigError(f"data.styles.{name}: a weight must be 0 or more, got {weight!r}")
+        if sum(self.styles.values()) <= 0:
+            raise ConfigError(f"data.styles: give at least one style a weight above 0, got {self.styles}")
         for name in ("split_train", "split_val", "split_test"):
             _between(self, name, 0.0, 1.0)
         total = self.split_train + self.split_val + self.split_test
@@ -112,11 +130,19 @@ class EvaluateConfig(_Section):
     char_score: float
     iou_threshold: float
     report_worst: int
+    gate_set: str
 
     def check(self) -> None:
+        from components.data import OOD_SETS
+
         for name in ("min_eir", "plate_score", "char_score", "iou_threshold"):
             _between(self, name, 0.0, 1.0)
         _between(self, "report_worst", 0, 1000)
+        sets = ("test", *OOD_SETS)
+        if self.gate_set not in sets:
+            raise ConfigError(f"evaluate.gate_set: unknown set {self.gate_set!r}{_did_you_mean(self.gate_set, sets)}; "
+                              f"choose test (the data set's own test split) or an out-of-distribution set: "
+                              f"{', '.join(OOD_SETS)}")
 
 
 @dataclass(frozen=True)
