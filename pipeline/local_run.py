@@ -212,9 +212,12 @@ def summary(run_dir: Path, steps: list[StepLine], seconds: float, ok: bool, keep
         echo(f"  {i}. {step.name:<15} {step.status:<8} {step.seconds:7.1f} s")
     if "evaluate" in reports:
         m = reports["evaluate"]
-        echo(f"  metrics: EIR {m['eir']:.4f} (gate {m['min_eir']}), mAP {m.get('bbox_mAP')}, "
-             f"char accuracy {m.get('char_accuracy')}, precision {m.get('plate_precision')}, "
-             f"recall {m.get('plate_recall')}")
+        echo(f"  metrics: EIR {m['eir']:.4f} (gate {m['min_eir']} on {m.get('gate_set', 'test')}), "
+             f"mAP {m.get('bbox_mAP')}, char accuracy {m.get('char_accuracy')}, "
+             f"precision {m.get('plate_precision')}, recall {m.get('plate_recall')}")
+        from components.evaluate import set_lines
+        for line in set_lines(m):
+            echo(f"    {line}")
     for key, label in (("upload", "uploaded to"), ("deploy", "endpoint"), ("smoke-test", "smoke test")):
         if key in reports:
             echo(f"  {label}: {reports[key].get('line', '')}")

@@ -38,12 +38,12 @@ def evaluate_step(config: str, min_eir: float, model: Input[Model], data: Input[
 
     from pipeline import tasks
     m = tasks.evaluate(config, min_eir, model.path, data.path, report.path)
-    for key in ("eir", "bbox_mAP", "bbox_mAP_50", "char_accuracy", "plate_precision", "plate_recall",
-                "median_ms_per_image"):
-        if isinstance(m.get(key), (int, float)):
-            metrics.log_metric(key, float(m[key]))
+    for name, figures in tasks.metric_rows(m):
+        metrics.log_metric(name, figures)
     summary = {k: v for k, v in m.items() if isinstance(v, (int, float, str, bool))}
-    return namedtuple("Evaluation", ["eir", "passed", "evaluation"])(float(m["eir"]), bool(m["passed"]),
+    summary["ood"] = {name: {k: v for k, v in s.items() if isinstance(v, (int, float))}
+                      for name, s in (m.get("ood") or {}).items()}
+    return namedtuple("Evaluation", ["eir", "passed", "evaluation"])(float(m["gate_eir"]), bool(m["passed"]),
                                                                      json.dumps(summary))
 
 

@@ -48,10 +48,12 @@ def make_data(config: str, out_dir: str, preview_html: str) -> dict:
     cfg = _cfg(config)
     d = cfg.data
     if d.source == "synthetic":
-        summary = data.generate(out_dir, data.DataSpec.from_config(d))
+        summary = data.generate(out_dir, data.DataSpec.from_config(d), ood_images=d.ood_images)
     else:
         labelled.prepare(d.source, out_dir, fmt=d.format, seed=d.seed, split=(d.split_train, d.split_val, d.split_test))
         summary = json.loads((Path(out_dir) / "dataset.json").read_text())
+        if d.ood_images:  # the same out-of-distribution sets beside the user's own
+            data.write_ood_sets(out_dir, data.DataSpec.from_config(d), d.ood_images, progress=False)
     with tempfile.TemporaryDirectory() as tmp:
         sheet = data.preview(out_dir, Path(tmp) / "preview.png")
         Path(preview_html).write_text(_html_image(sheet, "platepipe data: labels drawn on a sample of the training split"))
@@ -85,8 +87,9 @@ def train_or_fetch(config: str, pretrained_model: str, data_dir: str, model_path
 
 
 def evaluate(config: str, min_eir: float, model_path: str, data_dir: str, report_html: str) -> dict:
-    """mAP, EIR and the rest on the test split; the HTML report; whether the EIR gate lets the model through."""
-    from components.evaluate import evaluate as run
+    """mAP, EIR and the rest on the test split and each out-of-distribution set; the HTML report; whether the EIR
+    gate (on evaluate.gate_set) lets the model through."""
+    from components.evaluate import evaluate as run, gate_eir
 
     ev = _cfg(config).evaluate
     with tempfile.TemporaryDirectory() as tmp:
@@ -94,8 +97,25 @@ def evaluate(config: str, min_eir: float, model_path: str, data_dir: str, report
                       report_worst=ev.report_worst, progress=False)
         shutil.copyfile(Path(tmp) / "report.html", report_html)
     metrics["min_eir"] = min_eir
-    metrics["passed"] = metrics["eir"] >= min_eir
+    metrics["gate_set"] = ev.gate_set
+    metrics["gate_eir"] = gate_eir(metrics, ev.gate_set)
+    metrics["passed"] = metrics["gate_eir"] >= min_eir
     return _report("evaluate", {**metrics, "artifact": report_html})
+
+
+METRIC_KEYS = ("eir", "detection_recall", "false_plates", "plates_on_plate_free_images", "bbox_mAP", "bbox_mAP_50",
+               "char_accuracy", "plate_precision", "plate_recall", "median_ms_per_image")
+
+
+def metric_rows(metrics: dict) -> list[tuple[str, float]]:
+    """The figures KFP's Metrics show: the own split's by name, each out-of-distribution set's as SET.NAME, and
+    detection recall by plate size per set."""
+    rows = []
+    for prefix, m in [("", metrics), *((f"{n}.", s) for n, s in (metrics.get("ood") or {}).items())]:
+        rows += [(prefix + key, float(m[key])) for key in METRIC_KEYS if isinstance(m.get(key), (int, float))]
+        rows += [(f"{prefix}detection_recall.{bucket.split()[0]}", float(v["detection_recall"]))
+                 for bucket, v in m.get("by_size", {}).items() if isinstance(v.get("detection_recall"), (int, float))]
+    return rows
 
 
 def export(model_path: str, evaluation_json: str, out_path: str) -> dict:

@@ -233,6 +233,72 @@ def test_evaluate_known_answer(tmp_path):
     assert "data:image/png;base64," in report and "expected <b>" in report and "got <b>l_board 12A3456" in report
 
 
+class SetOracle:
+    """Knows every image of a data set and its out-of-distribution sets by its pixels. Reads the own split right;
+    on 'original' finds nothing; on 'unseen-fonts' boxes every plate and misreads it; on 'plate-free' invents a
+    plate per image; on 'unseen-photos' reads right."""
+
+    def __init__(self, data_dir: Path):
+        from serving.images import read_image_file
+        self.known = {}
+        for name, folder in [("test", data_dir), *((p.name, p) for p in sorted((data_dir / "ood").iterdir()))]:
+            coco = json.loads((folder / "test.json").read_text())
+            truth = truth_plates(coco)
+            for im in coco["images"]:
+                key = read_image_file(folder / im["file_name"]).tobytes()
+                self.known[key] = (name, truth[im["id"]])
+
+    def predict(self, images):
+        out = []
+        for img in images:
+            name, truth = self.known[img.tobytes()]
+            plates = [{"type": t["type"], "plate": t["text"] if name != "unseen-fonts" else "00A0000",
+                       "bbox": list(t["bbox"]), "score": 1.0, "valid": True} for t in truth]
+            dets = [Detection(t["type"], 1.0, tuple(t["bbox"])) for t in truth]
+            if name == "original":
+                plates, dets = [], []
+            if name == "plate-free":
+                plates = [{"type": "l_board", "plate": "12A3456", "bbox": [1, 1, 60, 20], "score": 0.9, "valid": True}]
+            out.append(ImageResult(plates=plates, detections=dets))
+        return out
+
+
+def test_evaluate_reports_each_out_of_distribution_set(tmp_path):
+    """Every set the data step renders is evaluated on its own: EIR, detection recall by size, false plates, in
+    metrics.json, the report and the KFP metrics rows; the gate can read any set."""
+    from components.evaluate import gate_eir
+    from pipeline.tasks import metric_rows
+
+    data = tmp_path / "data"
+    generate(data, DataSpec(n_images=6, seed=5, min_size=320, max_size=400, plate_width_min=80, plate_width_max=200,
+                            split=(0.0, 0.0, 1.0), empty_fraction=0.0), workers=1, progress=False, ood_images=3)
+    metrics = evaluate(SetOracle(data), data, tmp_path / "eval", progress=False)
+    ood = metrics["ood"]
+    assert set(ood) == {"original", "plate-free", "unseen-fonts", "unseen-photos"}
+    assert metrics["eir"] == 1.0 and metrics["detection_recall"] == 1.0 and metrics["false_plates"] == 0
+    assert ood["unseen-photos"]["eir"] == 1.0
+    assert ood["original"]["plates"] >= 3 and ood["original"]["eir"] == 0.0 and ood["original"]["detection_recall"] == 0.0
+    fonts = ood["unseen-fonts"]
+    assert fonts["eir"] == 0.0 and fonts["detection_recall"] == 1.0 and fonts["char_accuracy"] < 1.0
+    sized = [v for v in fonts["by_size"].values() if v["plates"]]
+    assert sized and all(v["detection_recall"] == 1.0 for v in sized)
+    assert sum(v["plates"] for v in fonts["by_size"].values()) == fonts["plates"]
+    free = ood["plate-free"]
+    assert free["plates"] == 0 and free["false_plates"] == 3 and free["plates_on_plate_free_images"] == 3
+    assert "about" in free
+    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert saved["ood"]["original"]["eir"] == 0.0
+    report = (tmp_path / "eval" / "report.html").read_text()
+    for name in ood:
+        assert f"<th>{name}</th>" in report and f"<h2>{name} (" in report
+    rows = dict(metric_rows(metrics))
+    assert rows["eir"] == 1.0 and rows["original.eir"] == 0.0 and rows["plate-free.false_plates"] == 3.0
+    assert rows["unseen-fonts.detection_recall"] == 1.0 and any(k.startswith("original.detection_recall.") for k in rows)
+    assert gate_eir(metrics, "test") == 1.0 and gate_eir(metrics, "original") == 0.0
+    with pytest.raises(ValueError, match="no such out-of-distribution set"):
+        gate_eir({"eir": 1.0}, "original")
+
+
 def test_evaluate_real_model_and_gate(trained, data_dir, tmp_path):
     _, pth = trained
     out = subprocess.run([str(PLATEPIPE), "evaluate", "--model", str(pth), "--data", str(data_dir),
