@@ -102,11 +102,13 @@ class Result:
 
 # ---------------------------------------------------------------------------------------------- images
 
-def smoke_spec(n_images: int, seed: int = DEFAULT_SEED):
-    """The synthetic images: every one with plates, about 1280 px, plates large enough to read."""
+def smoke_spec(n_images: int, seed: int = DEFAULT_SEED, style: str = "stamped"):
+    """The synthetic images: every one with plates, in one style, on real photos, about 1280 px, plates large
+    enough to read."""
     from components.data import DataSpec
     return DataSpec(n_images=n_images, seed=seed, min_size=1152, max_size=1344, plate_width_min=160,
-                    plate_width_max=360, split=(1.0, 0.0, 0.0), empty_fraction=0.0)
+                    plate_width_max=360, split=(1.0, 0.0, 0.0), empty_fraction=0.0, procedural_fraction=0.0,
+                    styles=((style, 1.0),))
 
 
 def _generated(folder: Path, spec, source: str, prefix: str = "") -> list[Sample]:
@@ -121,13 +123,17 @@ def _generated(folder: Path, spec, source: str, prefix: str = "") -> list[Sample
 
 
 def sample_images(work_dir: str | Path, n_images: int = 8, seed: int = DEFAULT_SEED) -> list[Sample]:
-    """Render the synthetic images (n_images with plates, then one plate-free) under work_dir."""
+    """Render the synthetic images under work_dir, all on real photos: n_images with plates (half of them, at
+    least one, in the original project's style, the rest stamped plates), then one plate-free."""
     import dataclasses
     work_dir = Path(work_dir)
-    spec = smoke_spec(n_images, seed)
-    plates = _generated(work_dir / "plates", spec, "synthetic")
-    empty = dataclasses.replace(spec, n_images=1, seed=seed + 1, empty_fraction=1.0)
-    return plates + _generated(work_dir / "plate-free", empty, "plate-free", prefix="plate-free-")
+    n_original = max(1, n_images // 2)
+    samples = _generated(work_dir / "original", smoke_spec(n_original, seed, "original"), "synthetic, original style",
+                         prefix="original-")
+    if n_images > n_original:
+        samples += _generated(work_dir / "plates", smoke_spec(n_images - n_original, seed), "synthetic")
+    empty = dataclasses.replace(smoke_spec(1, seed + 1), empty_fraction=1.0)
+    return samples + _generated(work_dir / "plate-free", empty, "plate-free", prefix="plate-free-")
 
 
 def _image_size(data: bytes) -> tuple[int, int]:

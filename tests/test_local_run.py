@@ -17,7 +17,8 @@ from serving import server
 
 PLATEPIPE = Path(sys.executable).with_name("platepipe")
 TINY = ["--set", "data.n_images=8", "--set", "data.min_size=320", "--set", "data.max_size=400",
-        "--set", "model.preset=tiny", "--set", "train.workers=0", "--set", "smoke.n_images=2"]
+        "--set", "model.preset=tiny", "--set", "train.workers=0", "--set", "smoke.n_images=3",
+        "--set", "data.ood_images=3"]
 
 
 def run(tmp_path, *extra):

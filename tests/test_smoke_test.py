@@ -76,7 +76,10 @@ def run(stub, out, protocol="original", **kwargs):
 # ------------------------------------------------------------------------------------------- images
 
 def test_sample_images_have_readable_plates_and_one_plate_free_scene(samples, tmp_path):
-    assert [s.source for s in samples] == ["synthetic"] * N + ["plate-free"]
+    # the original project's style and stamped plates, all on real photos
+    from components.data import shipped_photos
+    assert st.smoke_spec(1).procedural_fraction == 0 and st.smoke_spec(1).backgrounds is None and shipped_photos()
+    assert [s.source for s in samples] == ["synthetic, original style"] * (N // 2) + ["synthetic"] * (N - N // 2) + ["plate-free"]
     assert all(s.truth for s in samples[:N]) and samples[-1].truth == []
     for s in samples[:N]:
         assert 1152 <= max(s.width, s.height) <= 1344
@@ -204,8 +207,8 @@ def test_a_fault_fails_and_is_named_in_the_table(stub, samples, tmp_path, fault)
 def test_table_lines_reads_up_with_the_plates_they_read(stub, samples, tmp_path):
     """Reads come back in any order: each one sits on its labelled plate's line, a missed plate says so on
     its own line, and an extra read comes after the labelled ones."""
-    s = samples[1]
-    assert len(s.truth) == 3
+    s = max(samples, key=lambda x: len(x.truth))
+    assert len(s.truth) >= 2
     other = {"type": "l_board", "text": "12A3456", "bbox": (10, 10, 170, 44)}
     stub.reader.faults[s.name] = lambda plates, s: [perfect(other, (s.width, s.height))] + plates[:0:-1]
     with pytest.raises(st.SmokeTestFailed) as err:
@@ -213,9 +216,9 @@ def test_table_lines_reads_up_with_the_plates_they_read(stub, samples, tmp_path)
     lines = err.value.summary["table"].splitlines()
     expected, got, problems = (lines[0].index(h) for h in ("expected", "got", "problems"))
     first = next(i for i, line in enumerate(lines) if line.startswith(s.name + " "))
-    row = [(line[expected:got].strip(), line[got:problems].strip()) for line in lines[first:first + 4]]
+    row = [(line[expected:got].strip(), line[got:problems].strip()) for line in lines[first:first + len(s.truth) + 1]]
     t = [f"{x['type']} {x['text']}" for x in s.truth]
-    assert row == [(t[0], "(missing)"), (t[1], t[1]), (t[2], t[2]), ("", "l_board 12A3456")]
+    assert row == [(t[0], "(missing)"), *((x, x) for x in t[1:]), ("", "l_board 12A3456")]
 
 
 @pytest.mark.parametrize("protocol", ["v1", "v2"])
