@@ -87,15 +87,16 @@ def test_the_detectors_training_crop_holds_whole_plates(size, plate):
 
 
 def test_the_quick_detectors_crop_holds_the_widest_one_row_plate():
-    """The widest plate the data step draws (plate_width_max, one-row) at the quick detector's scale: a 640 px
-    photo is looked at as it is, so the plate is as wide in the crop as in the photo."""
+    """The widest plate the data step draws (one-row: plate_width_max px, and at most plate_width_max_frac of the
+    photo's width) at the quick detector's scale: the photo's long side is looked at as 640 px."""
     from configs.model import stage_config
     from pipeline.config import load_config
 
     cfg = load_config()
     det = stage_config("detector", "quick")
     crop = next(t for t in det["train_pipeline"] if t["type"] == "PlateRandomCrop")
-    widest = cfg.data.plate_width_max * det["input_size"] / cfg.data.min_size
+    widest = min(cfg.data.plate_width_max * det["input_size"] / cfg.data.min_size,
+                 cfg.data.plate_width_max_frac * det["input_size"])
     assert crop["crop_size"][0] >= widest
 
 
