@@ -55,6 +55,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from components.styles import OOD_SETS, STYLES, TRAIN_STYLES
 from serving.labels import CLASSES, DIGITS, LETTERS, category_id
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -94,22 +95,6 @@ ORIGINAL_BOARDS = {
     "l_board": ((420, 80, ((-10, 60, 2.0, 3),)),
                 (600, 120, ((-20, 87, 2.9, 5),))),
 }
-
-STYLES = ("stamped", "original", "unseen-fonts")
-TRAIN_STYLES = (("stamped", 0.5), ("original", 0.5))
-
-# The out-of-distribution sets the data step renders beside the training data (OUT/ood/NAME): other seeds,
-# photos from the held-out pool, and a style or source the training data leaves out.
-OOD_SETS = {
-    "original": dict(styles=(("original", 1.0),), min_size=800, max_size=1600,
-                     about="the original project's boards on held-out photos, larger photos"),
-    "unseen-photos": dict(procedural_fraction=0.0, about="the training styles on held-out photos only"),
-    "unseen-fonts": dict(styles=(("unseen-fonts", 1.0),),
-                         about="stamped plates in fonts training never draws, on held-out photos"),
-    "plate-free": dict(empty_fraction=1.0, procedural_fraction=0.0,
-                       about="held-out photos with no plate: every plate reported is false"),
-}
-
 
 @dataclass(frozen=True)
 class DataSpec:

@@ -30,6 +30,8 @@ from typing import Any, Literal, Optional, Sequence, Union
 
 import yaml
 
+from components.styles import OOD_SETS, STYLES
+
 
 class ConfigError(ValueError):
     """A configuration problem; the message names the key path, what is wrong and what is expected."""
@@ -66,8 +68,6 @@ class DataConfig(_Section):
     out_dir: Optional[str]
 
     def check(self) -> None:
-        from components.data import STYLES
-
         _not_empty(self, "source")
         _positive(self, "n_images", "min_size", "max_size", "plate_width_min", "plate_width_max")
         _between(self, "seed", 0, 2**32 - 1)
@@ -133,8 +133,6 @@ class EvaluateConfig(_Section):
     gate_set: str
 
     def check(self) -> None:
-        from components.data import OOD_SETS
-
         for name in ("min_eir", "plate_score", "char_score", "iou_threshold"):
             _between(self, name, 0.0, 1.0)
         _between(self, "report_worst", 0, 1000)
