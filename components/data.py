@@ -926,9 +926,11 @@ def _preview_row(data_dir: Path, info: dict, anns: list[dict], names: dict, titl
     if not anns:
         cv2.putText(thumb, "no plate", (10, 60), cv2.FONT_HERSHEY_SIMPLEX, 0.9, (0, 0, 255), 2, cv2.LINE_AA)
     row = np.concatenate([_pad_h(t, row_h) for t in tiles], axis=1)
-    header = np.full((26, row.shape[1], 3), 255, np.uint8)
-    cv2.putText(header, f"{title}: {info['file_name']}", (4, 19), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1,
-                cv2.LINE_AA)
+    text = f"{title}: {info['file_name']}"
+    width = max(row.shape[1], cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.6, 1)[0][0] + 8)
+    row = np.pad(row, ((0, 0), (0, width - row.shape[1]), (0, 0)), constant_values=255)
+    header = np.full((26, width, 3), 255, np.uint8)
+    cv2.putText(header, text, (4, 19), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
     return np.concatenate([header, row])
 
 
