@@ -135,7 +135,8 @@ def evaluate(model, data_dir: str | Path, out_dir: str | Path, split: str = "tes
         metrics["ood"] = {}
         for name, folder in ood_sets(data_dir).items():
             m, c = evaluate_set(reader, folder, folder / "test.json", name, iou_threshold, batch, progress)
-            about = json.loads((folder / "dataset.json").read_text()).get("about") if (folder / "dataset.json").is_file() else None
+            summary = folder / "dataset.json"
+            about = json.loads(summary.read_text()).get("about") if summary.is_file() else None
             metrics["ood"][name] = {**m, **({"about": about} if about else {})}
             sections.append((name, folder, metrics["ood"][name], c))
     out_dir.mkdir(parents=True, exist_ok=True)
