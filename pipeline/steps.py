@@ -38,8 +38,8 @@ def evaluate_step(config: str, min_eir: float, model: Input[Model], data: Input[
 
     from pipeline import tasks
     m = tasks.evaluate(config, min_eir, model.path, data.path, report.path)
-    for name, figures in tasks.metric_rows(m):
-        metrics.log_metric(name, figures)
+    for name, value in tasks.metric_rows(m):
+        metrics.log_metric(name, value)
     summary = {k: v for k, v in m.items() if isinstance(v, (int, float, str, bool))}
     summary["ood"] = {name: {k: v for k, v in s.items() if isinstance(v, (int, float))}
                       for name, s in (m.get("ood") or {}).items()}
