@@ -473,16 +473,18 @@ def photo_background(rng: np.random.Generator, files: Sequence[str], w: int, h: 
     return cv2.flip(out, 1) if rng.random() < 0.5 else out.copy()
 
 
+@lru_cache(maxsize=8)
 def background_files(spec: DataSpec) -> tuple[str, ...]:
-    """The photos spec draws on (empty: procedural scenes only)."""
+    """The photos spec draws on (empty: procedural scenes only); worked out once per spec and process."""
     if spec.backgrounds == "procedural":
         return ()
     files = shipped_photos() if spec.backgrounds is None else _background_files(spec.backgrounds)
     return photo_pool(files, spec.photo_pool)
 
 
-def background(rng: np.random.Generator, spec: DataSpec, w: int, h: int) -> np.ndarray:
-    files = background_files(spec)
+def background(rng: np.random.Generator, spec: DataSpec, files: Sequence[str], w: int, h: int) -> np.ndarray:
+    """A photo of `files`, or for spec.procedural_fraction of the images (and where there are none) a procedural
+    scene."""
     if files and rng.random() >= spec.procedural_fraction:
         img = photo_background(rng, files, w, h)
         if rng.random() < 0.3:
@@ -641,7 +643,8 @@ def render_image(spec: DataSpec, index: int) -> tuple[np.ndarray, list[dict], st
     aspect = rng.choice([4 / 3, 16 / 9, 3 / 2, 1.0, 3 / 4])
     w, h = (long_side, int(long_side / aspect)) if aspect >= 1 else (int(long_side * aspect), long_side)
     style = _pick_style(rng, spec.styles)
-    img = background(rng, spec, w, h)
+    files = background_files(spec)
+    img = background(rng, spec, files, w, h)
     original = style == "original"
     if rng.random() < spec.empty_fraction:
         n_plates = 0
@@ -688,7 +691,6 @@ def render_image(spec: DataSpec, index: int) -> tuple[np.ndarray, list[dict], st
     # plates go on after every car body: a later plate's body must not paint over an earlier, labelled plate
     for plate, hom, alpha in pasted:
         _paste(img, plate, hom, alpha)
-    files = background_files(spec)
     if files and rng.random() < (0.2 if original else 0.05):  # a montage: a second photo blended over it all
         other = photo_background(rng, files, w, h)
         img = cv2.addWeighted(img, 1 - (a := float(rng.uniform(0.15, 0.4))), other, a, 0)
