@@ -178,6 +178,22 @@ def descendants(pid: int) -> list[int]:
     return found + [g for c in found for g in descendants(c)]
 
 
+def cmdline(pid: int) -> bytes:
+    """pid's command line as /proc holds it (empty once the process is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def running(pid: int) -> bool:
+    """Whether pid is a live process (not gone, not a zombie waiting to be reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[-1][0] != "Z"
+    except OSError:
+        return False
+
+
 def stop_children(timeout: float = 10.0) -> None:
     """Terminate this process's child processes and theirs (then kill what is left after timeout)."""
     import signal
@@ -190,12 +206,14 @@ def stop_children(timeout: float = 10.0) -> None:
             except ProcessLookupError:
                 pass
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in pids):
+        while True:
             for pid in pids:  # reap our own children so they do not linger as zombies
                 try:
                     os.waitpid(pid, os.WNOHANG)
                 except ChildProcessError:
                     pass
+            if time.monotonic() >= deadline or not any(running(pid) for pid in pids):
+                break
             time.sleep(0.1)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.local_run import descendants
+from pipeline.local_run import cmdline, descendants, running
 from serving import server
 
 PLATEPIPE = Path(sys.executable).with_name("platepipe")
@@ -113,7 +113,7 @@ def test_sigterm_stops_the_run_and_everything_it_started(tmp_path):
         started = set()
         for _ in range(100):  # the training step and fake-gcs-server
             started = set(descendants(proc.pid))
-            names = [Path(f"/proc/{p}/cmdline").read_bytes() for p in started if Path(f"/proc/{p}").exists()]
+            names = [cmdline(p) for p in started]
             if any(b"fake-gcs-server" in n for n in names) and any(b"executor_main" in n for n in names):
                 break
             time.sleep(0.1)
@@ -122,8 +122,7 @@ def test_sigterm_stops_the_run_and_everything_it_started(tmp_path):
         proc.terminate()
         assert proc.wait(timeout=60) == 130
         assert "platepipe run: interrupted" in proc.stderr.read()
-        alive = [p for p in started if Path(f"/proc/{p}").exists()
-                 and Path(f"/proc/{p}/stat").read_text().split(") ")[-1][0] != "Z"]
+        alive = [p for p in started if running(p)]
         assert alive == [], alive
     finally:
         proc.kill()

@@ -15,7 +15,7 @@ import torch
 
 from components.export import load_pipeline
 from components.train import TrainSpec, cpu_cores, parallel, train
-from pipeline.local_run import descendants
+from pipeline.local_run import descendants, running
 
 
 def spec(**changes) -> TrainSpec:
@@ -74,10 +74,9 @@ def test_the_detector_stops_when_its_parent_is_killed(data_dir, tmp_path):
         os.kill(parent.pid, signal.SIGKILL)
         parent.wait()
         deadline = time.monotonic() + 15
-        while any(Path(f"/proc/{pid}").exists() for pid in children) and time.monotonic() < deadline:
+        while any(running(pid) for pid in children) and time.monotonic() < deadline:
             time.sleep(0.2)
-        left = [pid for pid in children if Path(f"/proc/{pid}").exists()
-                and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()]
+        left = [pid for pid in children if running(pid)]
         assert not left, f"the detector's process {left} outlived its parent"
     finally:
         for pid in [parent.pid] + descendants(parent.pid):
