@@ -398,7 +398,7 @@ def mine_negatives(cfg: dict, weights, data_dir: Path, out_file: Path, seed: int
     import torch
 
     from components.mm_parts import read_image
-    from serving.reader import build_model, native_bf16, resize_long, run_model
+    from serving.reader import build_model, infer_size, native_bf16, resize_long, run_model
 
     if out_file.is_file():
         return out_file
@@ -424,7 +424,7 @@ def mine_negatives(cfg: dict, weights, data_dir: Path, out_file: Path, seed: int
         for i in picked:
             image = images[i]
             img = read_image(str(data_dir / image["file_name"]))
-            small, scale = resize_long(img, cfg["input_size"])
+            small, scale = resize_long(img, infer_size(cfg))
             pred = run_model(model, [small], [scale], fast)[0]
             for box, score in zip(pred.bboxes.tolist(), pred.scores.tolist()):
                 if score >= NEGATIVE_SCORE and not any(_touch(box, p) for p in plates.get(image["id"], [])):

@@ -69,7 +69,7 @@ class PlateReader:
             cfg = payload[stage]["config"]
             self.models[stage] = build_model(stage, cfg, payload[stage]["state_dict"], self.device)
             self.classes[stage] = tuple(cfg["classes"])
-        self.input_size = int(payload["detector"]["config"]["input_size"])
+        self.input_size = infer_size(payload["detector"]["config"])
         self.crop_size = tuple(payload["reader"]["config"]["crop_size"])
         self.crop_fill = bool(payload["reader"]["config"].get("crop_fill", False))  # files before filling: fit
 
@@ -263,6 +263,11 @@ def _same_plate(a: dict, b: dict) -> bool:
     smaller = min(_area(a["bbox"]), _area(b["bbox"]))
     return (a["valid"] and b["valid"] and a["plate"] == b["plate"] and smaller > 0
             and _intersection(a["bbox"], b["bbox"]) >= 0.5 * smaller)
+
+
+def infer_size(detector_config: dict) -> int:
+    """The long side the detector looks at (files exported before infer_size: its training input_size)."""
+    return int(detector_config.get("infer_size", detector_config["input_size"]))
 
 
 def load_pipeline(path: str | Path) -> dict:

@@ -3,7 +3,8 @@
 The reader has two stages, both compact single-stage RTMDet-style detectors trained from scratch (no
 downloaded weights):
 
-  detector  finds plates (r_board, l_board) in the whole image, resized to `input_size` on its long side;
+  detector  finds plates (r_board, l_board) in the whole image, resized to `input_size` on its long side in
+            training (then scaled x0.6-1.25) and to `infer_size` (default: input_size) for inference;
   reader    reads each plate crop, stretched to fill `crop_size` (w, h): the text regions (sub_text,
             main_text) and every character (0-9, A-E).
 
@@ -11,8 +12,8 @@ A plate 80 px wide in a 1280 px photo is 40 px wide at the quick detector's 640 
 too small to read it. Its crop, stretched to 256x96 px, puts characters 20-45 px high in front of the reader
 (stretching makes two-row plates' characters 1.7x wider and one-row plates' 1.3x taller than a crop that
 keeps the plate's aspect).
-The quick detector trains at 640 px (x 0.6-1.25) and looks at 640 px: small plates are found more often
-than at 512 px. Its training crops are 448x256 px and half of them are placed around a whole plate: a one-row
+The quick detector trains at 640 px (x 0.6-1.25) and looks at 800 px, the top of that range: small plates
+are found more often than at 512 or 640 px, at no training cost (docs/BENCHMARKS.md). Its training crops are 448x256 px and half of them are placed around a whole plate: a one-row
 plate as wide as the data step draws them (0.7 of the photo's width: 448 px at 640) fits whole, where square
 crops left the largest plates' boxes cut short. It also takes more text for plates than at 512 px; the reader is trained to read nothing
 on such boxes (negatives mined from the trained detector: components.train).
@@ -39,8 +40,8 @@ PRESETS = {
         "time_budget_min": 12.5,
         # in 8 minutes on one core: widen 0.1875 at batch 4 reached val mAP 0.625 (1,173 iterations), 0.25 at batch
         # 4 0.592 (977), at batch 8 0.563 (525); widen 0.125 0.585; lr 0.008 0.367, 0.0025 0.573; batch 2 diverged
-        "detector": dict(widen=0.1875, deepen=0.167, input_size=640, train_crop=(448, 256), batch_size=4,
-                         max_iters=3000, lr=0.004, workers=2),
+        "detector": dict(widen=0.1875, deepen=0.167, input_size=640, infer_size=800, train_crop=(448, 256),
+                         batch_size=4, max_iters=3000, lr=0.004, workers=2),
         # the reader's crops load in the main process: on 2 cores, data workers slowed its iterations by 15%
         # (0.228 -> 0.195 s); the detector's whole photos still gain from 2 (0.60 -> 0.56 s; docs/BENCHMARKS.md)
         "reader": dict(widen=0.25, deepen=0.167, crop_size=(256, 96), batch_size=8, max_iters=5200, lr=0.004,
@@ -108,7 +109,8 @@ def _detector(p: dict) -> dict:
         dict(type="PackDetInputs", meta_keys=("img_id", "img_path", "ori_shape", "img_shape", "scale_factor")),
     ]
     return dict(model=rtmdet(len(DETECTOR_CLASSES), p["widen"], p["deepen"], max_per_img=50),
-                classes=DETECTOR_CLASSES, input_size=size, train_pipeline=train_pipeline, test_pipeline=test_pipeline)
+                classes=DETECTOR_CLASSES, input_size=size, infer_size=p.get("infer_size", size),
+                train_pipeline=train_pipeline, test_pipeline=test_pipeline)
 
 
 def _reader(p: dict) -> dict:
