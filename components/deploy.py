@@ -4,9 +4,10 @@
     result = deploy(spec)                      # create or update, wait for Ready, roll back on failure
     result.url, result.host                    # where to send requests, and the Host header to send
 
-The manifest is a `serving.kserve.io/v1beta1` InferenceService whose `predictor.model` names the model format
-(`pytorch`: KServe picks its TorchServe runtime) and the storage URI of the layout `platepipe archive` writes
-(model-store/ + config/). An existing service is replaced in place (PUT with its resourceVersion, so a
+The manifest is a `serving.kserve.io/v1beta1` InferenceService whose `predictor.model` names our runtime
+(components/runtime.py: the serving image, made or checked before the service), its model format and the
+storage URI of the layout `platepipe archive` writes (model-store/ + config/). Nothing is created without a
+usable serving image and every permission the deploy needs (a SelfSubjectAccessReview each). An existing service is replaced in place (PUT with its resourceVersion, so a
 concurrent change is noticed, not overwritten); when the new generation does not become Ready (the controller
 reports a failure, or the timeout passes) the previous spec is put back, or what was created is deleted.
 
@@ -36,7 +37,8 @@ PLURAL = "inferenceservices"
 KIND = "InferenceService"
 API_VERSION = f"{GROUP}/{VERSION}"
 RESOURCE = f"{PLURAL}.{GROUP}"
-MODEL_FORMAT = "pytorch"            # KServe's TorchServe runtime serves this format
+MODEL_FORMAT = {"name": "platepipe", "version": "1"}  # the layout `platepipe archive` writes; our runtime serves it
+RUNTIME_KINDS = ("ServingRuntime", "ClusterServingRuntime")
 ISTIO_INJECT = "sidecar.istio.io/inject"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "platepipe"}
 RBAC_VERBS = ("get", "list", "create", "update", "patch", "delete")
@@ -75,7 +77,10 @@ class DeploySpec:
     name: str = "platepipe"
     namespace: str = "default"
     protocol: str = "v1"                   # KServe protocolVersion: v1 | v2
-    image: Optional[str] = None            # serving image; None = the runtime's (KServe's TorchServe image)
+    image: Optional[str] = None            # serving image (serving/Dockerfile); required where platepipe keeps the runtime
+    runtime: str = "platepipe-torchserve"  # the ServingRuntime the InferenceService names (components/runtime.py)
+    runtime_kind: str = "ServingRuntime"   # ServingRuntime (namespaced) | ClusterServingRuntime (an admin's)
+    manage_runtime: bool = True            # deploy creates/updates the runtime; False: check the one you keep
     service_account: Optional[str] = None  # with read access to the bucket; None = the namespace default
     gpu: int = 1                           # nvidia.com/gpu per replica (limit and request); 0 = CPU
     cpu_request: str = "1"
@@ -95,6 +100,11 @@ class DeploySpec:
                              f"starting with a letter, at most 63")
         if not NAMESPACE.fullmatch(self.namespace):
             raise ValueError(f"namespace {self.namespace!r}: expected lowercase letters, digits and '-', at most 63")
+        if not NAME.fullmatch(self.runtime):
+            raise ValueError(f"runtime name {self.runtime!r}: expected lowercase letters, digits and '-', "
+                             f"starting with a letter, at most 63")
+        if self.runtime_kind not in RUNTIME_KINDS:
+            raise ValueError(f"runtime_kind {self.runtime_kind!r}: expected {' or '.join(RUNTIME_KINDS)}")
         if self.protocol not in ("v1", "v2"):
             raise ValueError(f"protocol {self.protocol!r}: expected v1 or v2")
         if self.gpu < 0:
@@ -119,10 +129,9 @@ def manifest(spec: DeploySpec) -> dict:
     limits = {"cpu": spec.cpu_limit, "memory": spec.memory_limit}
     if spec.gpu:
         requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(spec.gpu)
-    model: dict[str, Any] = {"modelFormat": {"name": MODEL_FORMAT}, "protocolVersion": spec.protocol,
-                             "storageUri": spec.storage_uri, "resources": {"requests": requests, "limits": limits}}
-    if spec.image:
-        model["image"] = spec.image  # predictor.model is a container: this replaces the runtime's image
+    model: dict[str, Any] = {"modelFormat": dict(MODEL_FORMAT), "runtime": spec.runtime,
+                             "protocolVersion": spec.protocol, "storageUri": spec.storage_uri,
+                             "resources": {"requests": requests, "limits": limits}}
     predictor: dict[str, Any] = {"model": model}
     if spec.service_account:
         predictor["serviceAccountName"] = spec.service_account
@@ -183,11 +192,17 @@ def _status_body(exc: Any) -> dict:
     return body if isinstance(body, dict) else {}
 
 
-def explain(exc: Exception, verb: str, namespace: str, name: str | None = None, server: str = "") -> DeployError:
-    """One sentence for a failed API call (kubernetes ApiException or a connection error)."""
+def explain(exc: Exception, verb: str, namespace: str | None, name: str | None = None, server: str = "",
+            kind: str = KIND, resource: str = RESOURCE) -> DeployError:
+    """One sentence for a failed API call (kubernetes ApiException or a connection error). namespace None: a
+    cluster-scoped kind."""
     from kubernetes.client.exceptions import ApiException
 
-    what = f"InferenceService {namespace}/{name}" if name else f"InferenceServices in namespace {namespace!r}"
+    if namespace is None:
+        what = f"{kind} {name}" if name else f"{kind}s"
+    else:
+        what = f"{kind} {namespace}/{name}" if name else f"{kind}s in namespace {namespace!r}"
+    where = f"in namespace {namespace!r}" if namespace is not None else "cluster-wide"
     if not isinstance(exc, ApiException):
         reason = str(getattr(exc, "reason", None) or exc)
         errno = re.search(r"\[Errno[^\]]*\].*$", reason)  # urllib3 wraps it in its connection's repr
@@ -204,11 +219,12 @@ def explain(exc: Exception, verb: str, namespace: str, name: str | None = None, 
     if exc.status == 403:
         user = re.search(r'User "([^"]+)"', message)
         who = f" as {user.group(1)}" if user else ""
-        return DeployError(f"not allowed to {verb} {RESOURCE} in namespace {namespace!r}{who} (403 Forbidden): "
-                           f"grant it a Role with the verbs {', '.join(RBAC_VERBS)} on {RESOURCE} in "
-                           f"{namespace!r}, bound with a RoleBinding")
+        grant = (f"grant it a Role with the verbs {', '.join(RBAC_VERBS)} on {resource} in {namespace!r}, bound "
+                 f"with a RoleBinding (k8s/rbac.yaml)") if namespace is not None else \
+            f"ask a cluster admin to apply it, or to grant a ClusterRole with those verbs on {resource}"
+        return DeployError(f"not allowed to {verb} {resource} {where}{who} (403 Forbidden): {grant}")
     if exc.status == 404 and not (body.get("details") or {}).get("name"):
-        return DeployError(f"the cluster does not know {RESOURCE} (404 on its API path): install KServe, or point "
+        return DeployError(f"the cluster does not know {resource} (404 on its API path): install KServe, or point "
                            f"--kubeconfig at the cluster that has it")
     if exc.status == 404:
         return DeployError(f"{what} not found: check the name and namespace (platepipe deploy --status lists it)")
@@ -224,50 +240,54 @@ def _transient(exc: Exception) -> bool:
     return not isinstance(exc, ApiException) or (exc.status or 0) >= 500 or exc.status == 429
 
 
-class InferenceServices:
-    """The inferenceservices of one namespace, through CustomObjectsApi; errors become DeployError."""
+class CustomObjects:
+    """The objects of one custom resource in one namespace (None: a cluster-scoped kind), through
+    CustomObjectsApi; errors become DeployError."""
 
-    def __init__(self, client, namespace: str):
+    def __init__(self, client, namespace: str | None, plural: str = PLURAL, version: str = VERSION, kind: str = KIND):
         from kubernetes import client as k8s
         self.api = k8s.CustomObjectsApi(client)
-        self.namespace = namespace
+        self.namespace, self.plural, self.version, self.kind = namespace, plural, version, kind
         self.server = getattr(client.configuration, "host", "")
 
-    def _call(self, verb: str, name: str | None, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+    def _call(self, verb: str, name: str | None, fn: str, *args: Any) -> Any:
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError
 
+        scope = (f"{fn}_namespaced_custom_object", (self.namespace,)) if self.namespace is not None \
+            else (f"{fn}_cluster_custom_object", ())
         try:
-            return fn(GROUP, VERSION, self.namespace, PLURAL, *args, _request_timeout=REQUEST_TIMEOUT_S, **kwargs)
+            return getattr(self.api, scope[0])(GROUP, self.version, *scope[1], self.plural, *args,
+                                               _request_timeout=REQUEST_TIMEOUT_S)
         except (ApiException, HTTPError, OSError) as exc:
             status = getattr(exc, "status", None)
             missing = status == 404 and bool((_status_body(exc).get("details") or {}).get("name"))
-            raise DeployError(str(explain(exc, verb, self.namespace, name, self.server)), status, _transient(exc),
-                              missing) from None
+            raise DeployError(str(explain(exc, verb, self.namespace, name, self.server, self.kind,
+                                          f"{self.plural}.{GROUP}")), status, _transient(exc), missing) from None
 
     def get(self, name: str) -> dict | None:
-        """The InferenceService, or None when there is none of that name."""
+        """The object, or None when there is none of that name."""
         try:
-            return self._call("get", name, self.api.get_namespaced_custom_object, name)
+            return self._call("get", name, "get", name)
         except DeployError as exc:
             if exc.missing:
                 return None
             raise
 
     def list(self) -> list[dict]:
-        return self._call("list", None, self.api.list_namespaced_custom_object)["items"]
+        return self._call("list", None, "list")["items"]
 
     def create(self, body: dict) -> dict:
-        return self._call("create", body["metadata"]["name"], self.api.create_namespaced_custom_object, body)
+        return self._call("create", body["metadata"]["name"], "create", body)
 
     def replace(self, body: dict) -> dict:
         name = body["metadata"]["name"]
-        return self._call("update", name, self.api.replace_namespaced_custom_object, name, body)
+        return self._call("update", name, "replace", name, body)
 
     def delete(self, name: str) -> bool:
         """Delete it; False when there was none."""
         try:
-            self._call("delete", name, self.api.delete_namespaced_custom_object, name)
+            self._call("delete", name, "delete", name)
         except DeployError as exc:
             if exc.missing:
                 return False
@@ -275,8 +295,13 @@ class InferenceServices:
         return True
 
 
-def _services(namespace: str, client=None, kubeconfig=None) -> InferenceServices:
-    return InferenceServices(client if client is not None else api_client(kubeconfig), namespace)
+
+def _client(client=None, kubeconfig=None):
+    return client if client is not None else api_client(kubeconfig)
+
+
+def _services(namespace: str, client=None, kubeconfig=None) -> CustomObjects:
+    return CustomObjects(_client(client, kubeconfig), namespace)
 
 
 # ---------------------------------------------------------------------------------------------- status
@@ -430,11 +455,13 @@ def deploy(spec: DeploySpec, *, api_client=None, kubeconfig=None, poll_s: float 
            ingress_host: str | None = None, ingress_port: int | None = None,
            log: Callable[[str], None] = lambda line: print(line, flush=True)) -> DeployResult:
     """Create or update the InferenceService, wait until it is Ready and return its endpoint. When it does not
-    become Ready, put the previous spec back (or delete what was created) and raise DeployError."""
-    if not spec.image:
-        log("warning: deploy.image is not set, so KServe uses its stock TorchServe image, which has no mmcv/mmdet "
-            "and cannot load this model: build serving/Dockerfile, push it and set deploy.image")
-    isvcs = _services(spec.namespace, api_client, kubeconfig)
+    become Ready, put the previous spec back (or delete what was created) and raise DeployError. First the
+    image, the permissions and the runtime (components.runtime.prepare)."""
+    from components import runtime
+
+    client = _client(api_client, kubeconfig)
+    runtime.prepare(spec, client, log)
+    isvcs = _services(spec.namespace, client)
     wanted = manifest(spec)
     where = f"{spec.namespace}/{spec.name}"
     previous = isvcs.get(spec.name)
@@ -489,7 +516,7 @@ def _replaced(current: dict, spec: dict, labels: dict | None, annotations: dict 
     return body
 
 
-def _update(isvcs: InferenceServices, previous: dict, wanted: dict) -> dict:
+def _update(isvcs: CustomObjects, previous: dict, wanted: dict) -> dict:
     name = wanted["metadata"]["name"]
     current = previous
     for attempt in range(CONFLICT_RETRIES + 1):
@@ -508,7 +535,7 @@ def _update(isvcs: InferenceServices, previous: dict, wanted: dict) -> dict:
     raise AssertionError("unreachable")
 
 
-def _wait(isvcs: InferenceServices, name: str, generation: int, timeout_s: float, poll_s: float,
+def _wait(isvcs: CustomObjects, name: str, generation: int, timeout_s: float, poll_s: float,
           log: Callable[[str], None]) -> dict:
     started = time.monotonic()
     deadline = started + timeout_s
@@ -538,7 +565,7 @@ def _wait(isvcs: InferenceServices, name: str, generation: int, timeout_s: float
         time.sleep(max(0.0, min(poll_s, deadline - time.monotonic())))
 
 
-def _roll_back(isvcs: InferenceServices, name: str, previous: dict | None) -> str:
+def _roll_back(isvcs: CustomObjects, name: str, previous: dict | None) -> str:
     """Undo the change; a sentence saying what was done."""
     try:
         if previous is None:

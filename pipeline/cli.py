@@ -41,7 +41,14 @@ def _kfp_args() -> argparse.ArgumentParser:
     group.add_argument("--namespace", metavar="NS", help="your profile namespace on multi-user Kubeflow")
     group.add_argument("--package", metavar="FILE", help="compiled pipeline YAML (default: compile it now from "
                        "the configuration, as platepipe compile does)")
+    _placeholder_arg(group)
     return parent
+
+
+def _placeholder_arg(parser) -> None:
+    parser.add_argument("--allow-placeholder-images", action="store_true",
+                        help="go on although kfp.image or deploy.image is a local placeholder or unset (a cluster "
+                             "that has the image under that name, or a pipeline that never deploys)")
 
 
 def _run_args(parser: argparse.ArgumentParser) -> None:
@@ -137,22 +144,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("deploy", parents=[common], help="create or update the KServe InferenceService",
                        description="Create (or update in place) the serving.kserve.io/v1beta1 InferenceService that "
-                                   "serves the archive at --storage-uri (modelFormat pytorch: KServe's TorchServe "
-                                   "runtime), wait until it is Ready and print its URL and Host header. If it does "
-                                   "not become Ready, the controller's reason is printed and the previous spec is "
-                                   "restored (or the new service deleted). Settings: the deploy section. Needs "
-                                   "get, list, create, update, patch, delete on inferenceservices.serving.kserve.io "
-                                   "in the namespace.")
+                                   "serves the archive at --storage-uri on platepipe's own ServingRuntime (created "
+                                   "or updated with deploy.image first; deploy.manage_runtime: false checks yours), "
+                                   "wait until it is Ready and print its URL and Host header. Without a serving "
+                                   "image, or without the permissions it needs (checked first: k8s/rbac.yaml grants "
+                                   "them), nothing is created. If it does not become Ready, the controller's reason "
+                                   "is printed and the previous spec is restored (or the new service deleted). "
+                                   "Settings: the deploy section.")
     p.add_argument("--storage-uri", metavar="gs://...", help="the archive layout (model-store/ + config/), e.g. "
                                                               "the storageUri printed by platepipe upload")
     p.add_argument("--name", help="InferenceService name (default: deploy.name)")
     p.add_argument("-n", "--namespace", help="Kubernetes namespace (default: deploy.namespace)")
     p.add_argument("--protocol", choices=["v1", "v2"], help="KServe protocol (default: deploy.protocol)")
+    p.add_argument("--image", metavar="REGISTRY/IMAGE:TAG",
+                   help="serving image pushed by `make images` (default: deploy.image)")
     p.add_argument("--timeout", type=float, metavar="S", help="seconds to wait for Ready (default: deploy.timeout_s)")
     p.add_argument("--kubeconfig", metavar="FILE",
                    help="kubeconfig to use (default: $KUBECONFIG, ~/.kube/config, else the pod's service account)")
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--dry-run", action="store_true", help="print the InferenceService YAML; touch nothing")
+    mode.add_argument("--dry-run", action="store_true",
+                      help="print the ServingRuntime and InferenceService YAML; touch nothing")
     mode.add_argument("--status", action="store_true",
                       help="print its conditions, URL, Host header and traffic (exit 1 when not Ready)")
     mode.add_argument("--delete", action="store_true", help="delete the InferenceService")
@@ -203,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "GPU, node selector, tolerations, PVC, GCS secret, retries, caching) come from "
                                    "the configuration; the configuration itself becomes the run parameter `config`.")
     p.add_argument("-o", "--output", default="pipeline.yaml", metavar="FILE", help="where to write it (pipeline.yaml)")
+    _placeholder_arg(p)
     p.set_defaults(func=cmd_compile)
 
     kfp_args = _kfp_args()
@@ -249,9 +261,16 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Print the configuration after --config and --set are applied.")
     p.set_defaults(func=cmd_config)
 
-    p = sub.add_parser("doctor", help="check that the set-up is complete",
+    p = sub.add_parser("doctor", parents=[common], help="check that the set-up (or the cluster) is complete",
                        description="Check torch, mmcv's compiled ops, mmdet, kfp, kserve, GCS client, "
-                                   "TorchServe and Java; exit 1 if something required is missing.")
+                                   "TorchServe and Java; exit 1 if something required is missing. With --cluster: "
+                                   "check the cluster a deploy goes to instead (KServe's CRDs, the serving runtime, "
+                                   "RBAC for every verb the deploy uses, GPU nodes, the storage service account), "
+                                   "each with its fix.")
+    p.add_argument("--cluster", action="store_true", help="check the Kubernetes cluster instead of this machine")
+    p.add_argument("--kubeconfig", metavar="FILE",
+                   help="kubeconfig to use (default: $KUBECONFIG, ~/.kube/config, else the pod's service account)")
+    p.add_argument("-n", "--namespace", help="namespace deploys go to (default: deploy.namespace)")
     p.set_defaults(func=cmd_doctor)
     return parser
 
@@ -417,9 +436,13 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         raise ValueError("deploy needs --storage-uri gs://BUCKET/PATH (the folder with model-store/ and config/, "
                          "as platepipe upload prints it), or --status / --delete")
     spec = deploy.DeploySpec.from_config(d, args.storage_uri, name=args.name, namespace=args.namespace,
-                                         protocol=args.protocol, timeout_s=args.timeout)
+                                         protocol=args.protocol, timeout_s=args.timeout, image=args.image)
     if args.dry_run:
-        sys.stdout.write(deploy.to_yaml(deploy.manifest(spec)))
+        from components.runtime import runtime_manifest
+        docs = [deploy.manifest(spec)]
+        if spec.manage_runtime or spec.image:
+            docs.insert(0, runtime_manifest(spec))
+        sys.stdout.write("---\n".join(deploy.to_yaml(doc) for doc in docs))
         return 0
     result = deploy.deploy(spec, kubeconfig=args.kubeconfig, ingress_host=d.ingress_host, ingress_port=d.ingress_port)
     print(f"InferenceService {namespace}/{name} is Ready ({'created' if result.created else 'updated'}, "
@@ -551,8 +574,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    from pipeline.pipeline import compile_pipeline
-    path = compile_pipeline(_load(args), args.output)
+    from pipeline.pipeline import check_images, compile_pipeline
+    cfg = _load(args)
+    check_images(cfg, args.allow_placeholder_images)
+    path = compile_pipeline(cfg, args.output)
     print(f"wrote {path}: upload it in the Kubeflow UI (Pipelines > Upload pipeline), or run "
           f"`platepipe upload-pipeline --package {path}`")
     return 0
@@ -562,10 +587,13 @@ def cmd_compile(args: argparse.Namespace) -> int:
 def _pipeline_package(args: argparse.Namespace, cfg: Config):
     """--package FILE, or the pipeline compiled now from the configuration into a temporary folder."""
     from pipeline import kfp_client
+    from pipeline.pipeline import check_images, compile_pipeline, package_images
     if args.package:
-        yield kfp_client.load_package(args.package)
+        package = kfp_client.load_package(args.package)
+        check_images(None, args.allow_placeholder_images, package_images(package.spec))
+        yield package
         return
-    from pipeline.pipeline import compile_pipeline
+    check_images(cfg, args.allow_placeholder_images)
     with tempfile.TemporaryDirectory(prefix="platepipe-kfp-") as tmp:
         yield kfp_client.load_package(compile_pipeline(cfg, Path(tmp) / "pipeline.yaml"))
 
@@ -667,6 +695,8 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
+    if args.cluster:
+        return _doctor_cluster(args)
     from pipeline import doctor
     results = doctor.run_checks()
     print(doctor.report(results))
@@ -675,6 +705,20 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         return 0
     print("set-up incomplete: fix the FAIL lines above (make setup installs everything)", file=sys.stderr)
     return 1
+
+
+def _doctor_cluster(args: argparse.Namespace) -> int:
+    from components import deploy, runtime
+    cfg = _load(args)
+    bucket = cfg.gcs.bucket or "BUCKET"
+    spec = deploy.DeploySpec.from_config(cfg.deploy, f"gs://{bucket}/{cfg.gcs.prefix}", namespace=args.namespace)
+    checks = runtime.cluster_checks(spec, deploy.api_client(args.kubeconfig))
+    print(runtime.report(checks))
+    if any(c.ok is False for c in checks):
+        print("cluster not ready for `platepipe deploy`: fix the FAIL lines above", file=sys.stderr)
+        return 1
+    print("cluster ok" + (" (?? lines: not allowed to look; ask an admin)" if any(c.ok is None for c in checks) else ""))
+    return 0
 
 
 def _quiet_libraries() -> None:

@@ -165,9 +165,6 @@ class ServingConfig(_Section):
         for name in ports:
             _between(self, name, 1, 65535)
             port = getattr(self, name)
-            if port == 8080:
-                raise ConfigError(f"serving.{name}: 8080 is taken by KServe's model server wrapper in the "
-                                  f"serving container; use another port (the default inference port is 8085)")
             if port in seen:
                 raise ConfigError(f"serving.{name}: port {port} is already serving.{seen[port]}; "
                                   f"the inference, management and metrics ports must differ")
@@ -203,6 +200,9 @@ class DeployConfig(_Section):
     namespace: str
     protocol: Literal["v1", "v2"]
     image: Optional[str]
+    runtime: str
+    runtime_kind: Literal["ServingRuntime", "ClusterServingRuntime"]
+    manage_runtime: bool
     service_account: Optional[str]
     gpu: int
     cpu_request: str
@@ -220,6 +220,8 @@ class DeployConfig(_Section):
         _matches(self, "namespace", r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?",
                  "a Kubernetes namespace: lowercase letters, digits and '-', at most 63")
         _not_empty(self, "image")
+        _matches(self, "runtime", r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?",
+                 "a Kubernetes name: lowercase letters, digits and '-', starting with a letter, at most 63")
         _not_empty(self, "service_account")
         _between(self, "gpu", 0, 16)
         for kind in ("cpu", "memory"):

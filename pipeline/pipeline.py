@@ -84,6 +84,36 @@ def build_pipeline(cfg: Config):
     return platepipe
 
 
+def package_images(spec: dict) -> set[str]:
+    """The container images of a compiled pipeline's steps."""
+    executors = (spec.get("deploymentSpec") or {}).get("executors") or {}
+    return {e["container"]["image"] for e in executors.values() if "image" in (e.get("container") or {})}
+
+
+def check_images(cfg: Config | None, allow: bool = False, step_images: set[str] | None = None) -> None:
+    """ValueError naming the fix when the steps' image (kfp.image, or those of a compiled package) is a local
+    placeholder no cluster can pull, or when the deploy step would stop for want of deploy.image; nothing
+    when allow (the user means it)."""
+    from components.deploy import DeployError
+    from components.runtime import BUILD_SERVING, usable_image
+
+    step_images = step_images if step_images is not None else {cfg.kfp.image}
+    problems = []
+    for image in sorted(step_images):
+        try:
+            usable_image(image, "kfp.image", "build and push the step image (`make images REGISTRY=...`, "
+                                             "serving/Dockerfile --target steps)")
+        except DeployError as exc:
+            problems.append(str(exc))
+    if cfg is not None and cfg.deploy.manage_runtime:
+        try:
+            usable_image(cfg.deploy.image, "deploy.image", BUILD_SERVING)
+        except DeployError as exc:
+            problems.append(f"{exc} (else the run's deploy step stops after training)")
+    if problems and not allow:
+        raise ValueError("; ".join(problems) + ". --allow-placeholder-images goes on anyway")
+
+
 def compile_pipeline(cfg: Config, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

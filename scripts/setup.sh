@@ -13,6 +13,7 @@ PY=${PYTHON:-python3}
 CACHE=${PLATEPIPE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/platepipe}
 TORCH_VERSION=2.13.0
 MMCV_VERSION=2.1.0
+KSERVE_STORAGE_VERSION=0.21.0
 STAMP=$VENV/.platepipe-setup
 INPUTS_HASH=$(cat "$ROOT/setup.cfg" "$ROOT/scripts/setup.sh" | sha256sum | cut -c1-16)
 
@@ -103,6 +104,15 @@ main() {
   else PYTHONWARNINGS=ignore "${PIP[@]}" "$ROOT"; fi
   HEADLESS=$("$VPY" -c 'from importlib.metadata import version; print(version("opencv-python-headless"))')
   "${PIP[@]}" --force-reinstall --no-deps "opencv-python-headless==$HEADLESS"
+
+  if [ "${PLATEPIPE_EDITABLE:-1}" = 1 ]; then
+    # KServe's storage initializer (the kserve-storage package its container runs) in an environment of its
+    # own, as in the cluster: it pins google-cloud-storage<3. tests/test_container.py lays out /mnt/models with it.
+    say "installing KServe's storage initializer (kserve-storage $KSERVE_STORAGE_VERSION) in $VENV/storage-initializer"
+    [ -x "$VENV/storage-initializer/bin/python" ] || "$PY" -m venv "$VENV/storage-initializer"
+    "$VENV/storage-initializer/bin/python" -m pip install -q "kserve-storage==$KSERVE_STORAGE_VERSION" \
+      2> >(grep -v "is ignored: it is neither a file nor a directory" >&2) || die "could not install kserve-storage $KSERVE_STORAGE_VERSION"
+  fi
 
   say "checking the set-up"
   "$VENV/bin/platepipe" doctor || die "the set-up check failed (see above)"

@@ -21,6 +21,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from serving.container import with_settings, worker_states
+
 STATE = "state.json"
 
 
@@ -68,7 +70,7 @@ def free_port() -> int:
 
 def _local_properties(text: str, layout: Path, ports: dict, token_auth: bool) -> str:
     """The archive's config.properties, bound to 127.0.0.1 on the given ports, with this machine's paths."""
-    changes = {
+    return with_settings(text, {
         "inference_address": f"http://127.0.0.1:{ports['inference']}",
         "management_address": f"http://127.0.0.1:{ports['management']}",
         "metrics_address": f"http://127.0.0.1:{ports['metrics']}",
@@ -76,16 +78,7 @@ def _local_properties(text: str, layout: Path, ports: dict, token_auth: bool) ->
         "grpc_management_port": str(ports["grpc_management"]),
         "model_store": str(layout / "model-store"),
         "disable_token_authorization": "false" if token_auth else "true",
-    }
-    lines, seen = [], set()
-    for line in text.splitlines():
-        key = line.split("=", 1)[0].strip()
-        if "=" in line and not line.lstrip().startswith("#") and key in changes:
-            line = f"{key}={changes[key]}"
-            seen.add(key)
-        lines.append(line)
-    lines += [f"{k}={v}" for k, v in changes.items() if k not in seen]
-    return "\n".join(lines) + "\n"
+    })
 
 
 def _model_name(layout: Path, props: str) -> str:
@@ -98,22 +91,12 @@ def _model_name(layout: Path, props: str) -> str:
     return mars[0].stem
 
 
-def _get(url: str, headers: dict, timeout: float = 5) -> tuple[int, str]:
-    req = urllib.request.Request(url, headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode(errors="replace")
-
-
 def model_status(server: Server) -> list[str]:
-    """Worker states of the model (READY, UNLOADING, ...), from the management API."""
-    code, body = _get(f"{server.management_url}/models/{server.model_name}", server.headers("management"))
-    if code != 200:
+    """Worker states of the model (READY, UNLOADING, ...), from the management API ([] while it answers no)."""
+    try:
+        return worker_states(server.management_url, server.model_name, server.headers("management"), timeout=5)
+    except urllib.error.HTTPError:
         return []
-    info = json.loads(body)
-    return [w.get("status", "") for entry in info for w in entry.get("workers", [])]
 
 
 def start(layout: str | Path, *, inference_port: int = 8085, management_port: int = 8081, metrics_port: int = 8082,

@@ -13,6 +13,12 @@ application/json-patch+json; strategic merge is refused with 415, as for any cus
 status apart from the spec (the CRD's status subresource: writes to the object ignore status), checks the
 bearer token (401), and answers errors with Kubernetes Status objects (401, 403, 404, 409, 415, 422).
 
+Beside InferenceServices it keeps ServingRuntimes (namespaced) and ClusterServingRuntimes (`runtimes`,
+keyed (plural, namespace or "", name); get, list, create, update with the resourceVersion check, delete), and
+answers what `platepipe doctor --cluster` and the deploy's pre-flight ask: API discovery (/apis, the KServe
+group's versions), SelfSubjectAccessReviews (allowed unless (verb, resource) is in `denied`, or `forbidden`),
+nodes (`nodes`: name -> allocatable nvidia.com/gpu) and service accounts (`service_accounts`).
+
 The "controller" acts when an object is read (GET), as the real one acts in the background: the first read
 after a write still shows the old status (the controller has not seen the new generation yet); then the
 Controller script decides: Ready (status.url, address.url, Ready/PredictorReady/IngressReady True,
@@ -37,6 +43,10 @@ from typing import Any, Callable, Optional, Union
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 KIND_NAME = "InferenceService"
 PATH = re.compile(rf"^/apis/{re.escape(GROUP)}/{VERSION}/namespaces/([^/]+)/{PLURAL}(?:/([^/]+))?/?$")
+RUNTIME_PATH = re.compile(rf"^/apis/{re.escape(GROUP)}/v1alpha1(?:/namespaces/([^/]+))?/"
+                          rf"(servingruntimes|clusterservingruntimes)(?:/([^/]+))?/?$")
+RUNTIME_KINDS = {"servingruntimes": "ServingRuntime", "clusterservingruntimes": "ClusterServingRuntime"}
+SSAR = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 
@@ -172,6 +182,10 @@ class K8sStub:
         self.kserve_installed = True
         self.conflicts = 0
         self.objects: dict[tuple[str, str], dict] = {}
+        self.runtimes: dict[tuple[str, str, str], dict] = {}
+        self.denied: set[tuple[str, str]] = set()           # (verb, resource) a SelfSubjectAccessReview refuses
+        self.nodes: dict[str, int] = {"cpu-node": 0, "gpu-node": 1}
+        self.service_accounts: dict[tuple[str, str], dict] = {}  # (namespace, name) -> {"annotations", "secrets"}
         self.requests: list[tuple[str, str, str, Any]] = []  # (method, path, content type, body)
         self.lock = threading.RLock()
         self._rv = 100
@@ -230,9 +244,10 @@ class K8sStub:
             obj = self.objects.get((namespace, name))
             return copy.deepcopy(obj) if obj else None
 
-    def calls(self, method: str | None = None) -> list[tuple[str, str, str, Any]]:
+    def calls(self, method: str | None = None, every: bool = False) -> list[tuple[str, str, str, Any]]:
+        """The requests on InferenceServices (every: all requests), in order."""
         with self.lock:
-            return [r for r in self.requests if method is None or r[0] == method]
+            return [r for r in self.requests if (method is None or r[0] == method) and (every or PATH.match(r[1]))]
 
     # -- the controller
 
@@ -381,6 +396,9 @@ class _Handler(BaseHTTPRequestHandler):
             stub.requests.append((method, path, content_type, copy.deepcopy(body)))
         if self.headers.get("Authorization") != f"Bearer {stub.token}":
             return self._send(401, _status(401, "Unauthorized", "Unauthorized"))
+        other = self._other(stub, method, path, body)
+        if other is not None:
+            return self._send(*other)
         match = PATH.match(path)
         if not match or not stub.kserve_installed:
             return self._send(404, _status(404, "NotFound", "the server could not find the requested resource"))
@@ -397,6 +415,100 @@ class _Handler(BaseHTTPRequestHandler):
         with stub.lock:
             code, answer = getattr(self, f"_{verb}")(stub, namespace, name, body, content_type)
         self._send(code, answer)
+
+    # -- everything but InferenceServices
+
+    def _other(self, stub: K8sStub, method: str, path: str, body: Any) -> tuple[int, dict] | None:
+        kserve = stub.kserve_installed
+        if method == "GET" and path.rstrip("/") == "/apis":
+            groups = [{"name": GROUP, "versions": [{"groupVersion": f"{GROUP}/{v}", "version": v}
+                                                   for v in ("v1beta1", "v1alpha1")],
+                       "preferredVersion": {"groupVersion": f"{GROUP}/v1beta1", "version": "v1beta1"}}] if kserve else []
+            return 200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
+        found = re.match(rf"^/apis/{re.escape(GROUP)}/(v1beta1|v1alpha1)/?$", path)
+        if method == "GET" and found:
+            if not kserve:
+                return 404, _status(404, "NotFound", "the server could not find the requested resource")
+            names = {"v1beta1": [(PLURAL, True, KIND_NAME)],
+                     "v1alpha1": [("servingruntimes", True, "ServingRuntime"),
+                                  ("clusterservingruntimes", False, "ClusterServingRuntime")]}[found.group(1)]
+            return 200, {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": f"{GROUP}/{found.group(1)}",
+                         "resources": [{"name": n, "singularName": "", "namespaced": ns, "kind": k,
+                                        "verbs": list(set(_VERBS.values()))} for n, ns, k in names]}
+        if method == "POST" and path == SSAR:
+            attrs = ((body or {}).get("spec") or {}).get("resourceAttributes") or {}
+            refused = stub.forbidden or (attrs.get("verb"), attrs.get("resource")) in stub.denied
+            return 201, {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+                         "metadata": {}, "spec": body.get("spec"),
+                         "status": {"allowed": not refused, **({"reason": "no RBAC rule allows it"} if refused else
+                                                               {"reason": "allowed by RoleBinding"})}}
+        if method == "GET" and path == "/api/v1/nodes":
+            return 200, {"kind": "NodeList", "apiVersion": "v1", "metadata": {},
+                         "items": [{"metadata": {"name": n}, "status": {"allocatable": {
+                             "cpu": "8", **({"nvidia.com/gpu": str(g)} if g else {})}}} for n, g in stub.nodes.items()]}
+        found = re.match(r"^/api/v1/namespaces/([^/]+)/serviceaccounts/([^/]+)$", path)
+        if method == "GET" and found:
+            sa = stub.service_accounts.get(found.groups())
+            if sa is None:
+                return 404, _status(404, "NotFound", f'serviceaccounts "{found.group(2)}" not found',
+                                    {"name": found.group(2), "kind": "serviceaccounts"})
+            return 200, {"kind": "ServiceAccount", "apiVersion": "v1",
+                         "metadata": {"name": found.group(2), "namespace": found.group(1),
+                                      "annotations": sa.get("annotations") or {}},
+                         "secrets": [{"name": n} for n in sa.get("secrets") or []]}
+        found = RUNTIME_PATH.match(path)
+        if found:
+            namespace, plural, name = found.groups()
+            if not kserve:
+                return 404, _status(404, "NotFound", "the server could not find the requested resource")
+            verb = _VERBS.get((method, name is not None))
+            if stub.forbidden or (verb, plural) in stub.denied:
+                return 403, _status(403, "Forbidden", f'{plural}.{GROUP} is forbidden: User "{stub.user}" cannot '
+                                                      f'{verb} resource "{plural}" in API group "{GROUP}"',
+                                    {"name": name or "", "group": GROUP, "kind": plural})
+            with stub.lock:
+                return self._runtime(stub, verb, plural, namespace or "", name, body)
+        return None
+
+    @staticmethod
+    def _runtime(stub: K8sStub, verb: str | None, plural: str, namespace: str, name: str | None,
+                 body: Any) -> tuple[int, dict]:
+        def missing(n: str) -> tuple[int, dict]:
+            return 404, _status(404, "NotFound", f'{plural}.{GROUP} "{n}" not found',
+                                {"name": n, "group": GROUP, "kind": plural})
+
+        key = (plural, namespace, name or (body or {}).get("metadata", {}).get("name", ""))
+        if verb == "list":
+            return 200, {"apiVersion": f"{GROUP}/v1alpha1", "kind": RUNTIME_KINDS[plural] + "List", "metadata": {},
+                         "items": [copy.deepcopy(o) for (p, ns, _), o in sorted(stub.runtimes.items())
+                                   if p == plural and ns == namespace]}
+        if verb == "get":
+            return (200, copy.deepcopy(stub.runtimes[key])) if key in stub.runtimes else missing(name)
+        if verb == "create":
+            if key in stub.runtimes:
+                return 409, _status(409, "AlreadyExists", f'{plural}.{GROUP} "{key[2]}" already exists',
+                                    {"name": key[2], "group": GROUP, "kind": plural})
+            obj = copy.deepcopy(body)
+            obj["metadata"].update({"uid": str(uuid.uuid4()), "generation": 1, "resourceVersion": stub._next_rv()})
+            if namespace:
+                obj["metadata"]["namespace"] = namespace
+            stub.runtimes[key] = obj
+            return 201, copy.deepcopy(obj)
+        if verb == "update":
+            if key not in stub.runtimes:
+                return missing(name)
+            old = stub.runtimes[key]
+            if (body.get("metadata") or {}).get("resourceVersion") != old["metadata"]["resourceVersion"]:
+                return 409, _status(409, "Conflict", f'Operation cannot be fulfilled on {plural}.{GROUP} "{name}"',
+                                    {"name": name, "group": GROUP, "kind": plural})
+            obj = copy.deepcopy(body)
+            obj["metadata"]["generation"] = old["metadata"]["generation"] + (obj.get("spec") != old.get("spec"))
+            obj["metadata"]["resourceVersion"] = stub._next_rv()
+            stub.runtimes[key] = obj
+            return 200, copy.deepcopy(obj)
+        if verb == "delete":
+            return (200, stub.runtimes.pop(key)) if key in stub.runtimes else missing(name)
+        return 405, _status(405, "MethodNotAllowed", "not supported here")
 
     # -- verbs (called with the stub's lock held)
 

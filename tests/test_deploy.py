@@ -23,11 +23,15 @@ from pipeline.cli import main
 from pipeline.config import load_config
 from k8s_stub import K8sStub, failing, never, ready
 
-CRD = Path(__file__).parent / "data" / "kserve" / "serving.kserve.io_inferenceservices.yaml"
+CRDS = {kind: (Path(__file__).parent / "data" / "kserve" / f"serving.kserve.io_{plural}.yaml", version)
+        for kind, plural, version in (("InferenceService", "inferenceservices", "v1beta1"),
+                                      ("ServingRuntime", "servingruntimes", "v1alpha1"),
+                                      ("ClusterServingRuntime", "clusterservingruntimes", "v1alpha1"))}
 PLATEPIPE = Path(sys.executable).with_name("platepipe")
 NS = "ml"
 URI = "gs://models/platepipe/20260101-000000-abcd1234"
 URI2 = "gs://models/platepipe/20260102-000000-ef567890"
+IMAGE = "registry.example.com/ml/platepipe-serving:0.1.0"
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -47,11 +51,12 @@ OBJECT_META = {"type": "object", "properties": {
 
 
 @functools.lru_cache(maxsize=None)
-def crd_schema() -> dict:
-    """The v1beta1 openAPIV3Schema, with metadata spelled out as the API server checks it."""
-    crd = yaml.load(CRD.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    assert crd["spec"]["names"]["kind"] == "InferenceService" and crd["spec"]["group"] == "serving.kserve.io"
-    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1beta1"]
+def crd_schema(kind: str = "InferenceService") -> dict:
+    """The kind's openAPIV3Schema from the real CRD, with metadata spelled out as the API server checks it."""
+    path, served = CRDS[kind]
+    crd = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    assert crd["spec"]["names"]["kind"] == kind and crd["spec"]["group"] == "serving.kserve.io"
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == served]
     assert version["served"] and version["storage"]
     schema = copy.deepcopy(version["schema"]["openAPIV3Schema"])
     assert schema["properties"]["metadata"] == {"type": "object"}
@@ -83,20 +88,22 @@ def unknown_fields(instance, schema: dict, path: str = "") -> list[str]:
 
 
 @functools.lru_cache(maxsize=None)
-def _validator() -> jsonschema.protocols.Validator:
+def _validator(kind: str = "InferenceService") -> jsonschema.protocols.Validator:
     # OpenAPI v3 schemas are JSON Schema draft 4/7 plus x-kubernetes-* extensions, which draft 7 ignores
-    return jsonschema.Draft7Validator(crd_schema())
+    return jsonschema.Draft7Validator(crd_schema(kind))
 
 
 def crd_errors(obj: dict) -> list[str]:
-    """Everything the real CRD schema (plus the unknown-field rule) finds wrong with obj."""
+    """Everything the real CRD schema of obj's kind (plus the unknown-field rule) finds wrong with obj."""
+    kind = obj.get("kind", "InferenceService")
+    assert obj.get("apiVersion") == f"serving.kserve.io/{CRDS[kind][1]}", obj.get("apiVersion")
     errors = [f"{'.'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}"
-              for e in _validator().iter_errors(obj)]
-    return errors + [f"{p}: unknown field" for p in unknown_fields(obj, crd_schema())]
+              for e in _validator(kind).iter_errors(obj)]
+    return errors + [f"{p}: unknown field" for p in unknown_fields(obj, crd_schema(kind))]
 
 
 def spec(**changes) -> DeploySpec:
-    base = DeploySpec.from_config(load_config().deploy, URI, namespace=NS, timeout_s=10)
+    base = DeploySpec.from_config(load_config().deploy, URI, namespace=NS, timeout_s=10, image=IMAGE)
     return dataclasses.replace(base, **changes)
 
 
@@ -122,7 +129,8 @@ def test_every_manifest_variant_validates_against_the_crd(changes):
     model = m["spec"]["predictor"]["model"]
     assert m["apiVersion"] == "serving.kserve.io/v1beta1" and m["kind"] == "InferenceService"
     assert m["metadata"]["annotations"] == {"sidecar.istio.io/inject": "false"}  # the spelling that works
-    assert model["modelFormat"] == {"name": "pytorch"} and model["protocolVersion"] == s.protocol
+    assert model["modelFormat"] == {"name": "platepipe", "version": "1"} and model["protocolVersion"] == s.protocol
+    assert model["runtime"] == s.runtime == "platepipe-torchserve"  # ours, never KServe's TorchServe runtime
     assert model["storageUri"] == URI
     res = model["resources"]
     assert res["requests"]["cpu"] == s.cpu_request and res["limits"]["memory"] == s.memory_limit
@@ -130,7 +138,7 @@ def test_every_manifest_variant_validates_against_the_crd(changes):
         assert res["limits"]["nvidia.com/gpu"] == res["requests"]["nvidia.com/gpu"] == str(s.gpu)
     else:
         assert "nvidia.com/gpu" not in res["limits"] and "nvidia.com/gpu" not in res["requests"]
-    assert model.get("image") == s.image
+    assert "image" not in model  # the runtime carries the image
     assert m["spec"]["predictor"].get("serviceAccountName") == s.service_account
     assert m["spec"]["predictor"].get("canaryTrafficPercent") == s.canary_percent
 
@@ -228,7 +236,7 @@ def run_cli(capsys, *argv) -> tuple[int, str, str]:
 
 
 def cli_deploy(capsys, kubeconfig, *extra) -> tuple[int, str, str]:
-    return run_cli(capsys, "deploy", "--kubeconfig", kubeconfig, "-n", NS, *extra)
+    return run_cli(capsys, "deploy", "--kubeconfig", kubeconfig, "-n", NS, "--set", f"deploy.image={IMAGE}", *extra)
 
 
 def test_deploy_creates_the_service_and_waits_for_ready(stub, kubeconfig, capsys):
@@ -249,10 +257,9 @@ def test_deploy_creates_the_service_and_waits_for_ready(stub, kubeconfig, capsys
     assert "URL          http://platepipe.ml.example.com" in out
     assert "Host header  platepipe.ml.example.com" in out
     assert "--isvc platepipe -n ml" in out
-    assert "warning: deploy.image is not set" in out  # the stock runtime image cannot load our model
-    code, out, _ = cli_deploy(capsys, kubeconfig, "--storage-uri", URI, "--set", "deploy.image=reg/pp:1")
-    assert code == 0 and "warning" not in out
-    assert stub.get(NS, "platepipe")["spec"]["predictor"]["model"]["image"] == "reg/pp:1"
+    runtime = stub.runtimes[("servingruntimes", NS, "platepipe-torchserve")]
+    assert runtime["spec"]["containers"][0]["image"] == IMAGE
+    assert "created ServingRuntime ml/platepipe-torchserve" in out
 
 
 def test_update_replaces_the_spec_and_waits_for_the_new_generation(stub, kubeconfig, capsys):
@@ -335,6 +342,13 @@ def test_rbac_403_is_one_clear_sentence(stub, kubeconfig, capsys):
     stub.forbidden = True
     code, out, err = cli_deploy(capsys, kubeconfig, "--storage-uri", URI)
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    # the pre-flight (SelfSubjectAccessReviews) names every missing verb before anything is written
+    for verb in ("get", "create", "update", "delete"):
+        assert f"{verb} inferenceservices.serving.kserve.io in namespace 'ml'" in err
+    assert "create servingruntimes.serving.kserve.io in namespace 'ml'" in err and "k8s/rbac.yaml" in err
+    assert not [c for c in stub.calls(every=True) if c[0] in ("POST", "PUT") and "selfsubject" not in c[1]]
+    # a call the API server refuses is one sentence too (no pre-flight for --status/--delete)
+    code, _, err = cli_deploy(capsys, kubeconfig, "--status")
     assert ("not allowed to get inferenceservices.serving.kserve.io in namespace 'ml' as "
             "system:serviceaccount:ml:deployer (403 Forbidden)") in err
     assert "Role with the verbs get, list, create, update, patch, delete on inferenceservices.serving.kserve.io" in err
@@ -351,7 +365,7 @@ def test_bad_credentials_missing_config_and_missing_kserve_are_clear(stub, kubec
     code, _, err = cli_deploy(capsys, str(tmp_path / "absent"), "--status")
     assert code == 2 and "kubeconfig" in err and "not found" in err
     monkeypatch.setenv("KUBECONFIG", kubeconfig)  # the environment variable is honoured
-    assert run_cli(capsys, "deploy", "-n", NS, "--storage-uri", URI)[0] == 0
+    assert run_cli(capsys, "deploy", "-n", NS, "--storage-uri", URI, "--set", f"deploy.image={IMAGE}")[0] == 0
     stub.kserve_installed = False
     code, _, err = cli_deploy(capsys, kubeconfig, "--status")
     assert code == 2 and "does not know inferenceservices.serving.kserve.io" in err and "install KServe" in err
@@ -366,16 +380,30 @@ def test_bad_credentials_missing_config_and_missing_kserve_are_clear(stub, kubec
 def test_dry_run_prints_valid_yaml_and_touches_nothing(stub, kubeconfig):
     out = subprocess.run([str(PLATEPIPE), "deploy", "--dry-run", "--storage-uri", URI, "--kubeconfig", kubeconfig,
                           "--name", "plates-v2", "-n", NS, "--protocol", "v2", "--set", "deploy.gpu=0",
-                          "--set", "deploy.service_account=gcs-reader"],
+                          "--set", "deploy.service_account=gcs-reader", "--image", IMAGE],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    m = yaml.safe_load(out.stdout)
-    assert crd_errors(m) == []
+    runtime, m = yaml.safe_load_all(out.stdout)
+    assert crd_errors(runtime) == [] and crd_errors(m) == []
+    assert runtime["kind"] == "ServingRuntime" and runtime["metadata"]["name"] == m["spec"]["predictor"]["model"]["runtime"]
+    assert runtime["spec"]["containers"][0]["image"] == IMAGE
     assert m["metadata"]["name"] == "plates-v2" and m["metadata"]["namespace"] == NS
     assert m["spec"]["predictor"]["model"]["protocolVersion"] == "v2"
     assert m["spec"]["predictor"]["serviceAccountName"] == "gcs-reader"
     assert "nvidia.com/gpu" not in out.stdout and "sidecar.istio.io/inject: 'false'" in out.stdout
-    assert stub.calls() == []
+    assert stub.calls(every=True) == []
+
+
+def test_without_a_serving_image_nothing_is_created_and_the_fix_is_named(stub, kubeconfig, capsys):
+    for extra in ([], ["--dry-run"], ["--set", "deploy.image=platepipe-serving:latest"]):
+        code, out, err = run_cli(capsys, "deploy", "--kubeconfig", kubeconfig, "-n", NS, "--storage-uri", URI, *extra)
+        assert code == 2 and out == "" and "Traceback" not in err, (extra, err)
+        assert "make images REGISTRY=" in err and "deploy.image" in err, err
+    assert stub.calls(every=True) == []
+    # the pipeline's deploy step goes through the same function
+    with pytest.raises(DeployError, match="deploy.image is not set"):
+        deploy.deploy(dataclasses.replace(spec(), image=None), api_client=deploy.api_client(kubeconfig))
+    assert stub.calls(every=True) == []
 
 
 def test_status_and_delete(stub, kubeconfig, capsys):

@@ -171,8 +171,15 @@ def test_without_package_the_pipeline_is_compiled_from_the_configuration(stub, c
         seen.append((cfg.kfp.pipeline_name, Path(path).suffix))
         return _compile_tiny(Path(path))
 
-    monkeypatch.setitem(sys.modules, "pipeline.pipeline", types.SimpleNamespace(compile_pipeline=compile_pipeline))
+    from pipeline import pipeline as real
+    monkeypatch.setitem(sys.modules, "pipeline.pipeline", types.SimpleNamespace(
+        compile_pipeline=compile_pipeline, check_images=real.check_images, package_images=real.package_images))
     code, _, err = run_cli(capsys, "upload-pipeline", "--host", stub.url, "--set", "kfp.pipeline_name=compiled")
+    assert code == 2 and "kfp.image is 'platepipe:latest', a local placeholder" in err and "deploy.image is not set" in err
+    assert seen == [] and stub.requests == []  # nothing compiled, nothing sent
+    code, _, err = run_cli(capsys, "upload-pipeline", "--host", stub.url, "--set", "kfp.pipeline_name=compiled",
+                           "--set", "kfp.image=reg.example.com/platepipe:0.1.0",
+                           "--set", "deploy.image=reg.example.com/platepipe-serving:0.1.0")
     assert code == 0, err
     assert seen == [("compiled", ".yaml")]
     upload = only(stub.calls("POST", "/pipelines/upload"))

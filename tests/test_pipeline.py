@@ -122,3 +122,24 @@ def test_run_parameters_and_their_defaults(tmp_path):
     assert load_config_text(params["config"]["defaultValue"]).data.n_images == 500
     assert params["deploy_target"]["defaultValue"] == "kserve"
     assert platform == {}  # no secret, PVC or node settings configured: no Kubernetes section
+
+
+def test_compiling_or_sending_with_placeholder_images_is_refused_unless_meant(tmp_path, capsys):
+    from pipeline.cli import main
+
+    out = tmp_path / "p.yaml"
+    assert main(["compile", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "kfp.image is 'platepipe:latest', a local placeholder no cluster can pull" in err
+    assert "make images REGISTRY=" in err and "deploy.image is not set" in err and not out.exists()
+    assert main(["compile", "-o", str(out), "--allow-placeholder-images"]) == 0 and out.exists()
+    # a package compiled with the placeholder is refused when sent, before any connection
+    assert main(["submit", "--host", "http://127.0.0.1:9", "--package", str(out)]) == 2
+    assert "kfp.image is 'platepipe:latest'" in capsys.readouterr().err
+    images = ["--set", "kfp.image=reg.example.com/ml/platepipe:0.1.0",
+              "--set", "deploy.image=reg.example.com/ml/platepipe-serving:0.1.0"]
+    assert main(["compile", "-o", str(out), *images]) == 0
+    assert set(e["container"]["image"] for e in executors(yaml.safe_load(out.read_text())).values()) == \
+        {"reg.example.com/ml/platepipe:0.1.0"}
+    # a runtime the user keeps needs no deploy.image
+    assert main(["compile", "-o", str(out), images[0], images[1], "--set", "deploy.manage_runtime=false"]) == 0
