@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import typing
 from dataclasses import dataclass
@@ -119,6 +120,11 @@ class TrainConfig(_Section):
 
     def check(self) -> None:
         _positive(self, "max_iters", "batch_size", "lr", "val_interval", "time_budget_min")
+        _between(self, "max_iters", 1, 10_000_000)
+        _between(self, "batch_size", 1, 4096)
+        _between(self, "lr", 0, 1.0)
+        _between(self, "val_interval", 1, 10_000_000)
+        _between(self, "time_budget_min", 0, 7 * 24 * 60)
         _between(self, "seed", 0, 2**32 - 1)
         _between(self, "workers", 0, 64)
 
@@ -299,6 +305,9 @@ SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
 
 # ---------------------------------------------------------------------------------------------- checks
 
+MAX_NUMBER = 1e12  # no setting needs more; a 23-digit max_iters is a typo
+
+
 def _section(obj: Any) -> str:
     return next(name for name, cls in typing.get_type_hints(Config).items() if cls is type(obj))
 
@@ -409,6 +418,11 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         return {_convert(k, key_tp, f"{path}.{k}"): _convert(v, val_tp, f"{path}.{k}") for k, v in value.items()}
     if tp is Any:
         return value
+    if tp in (int, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{path}: expected a finite number, got {value!r}")
+        if abs(value) > MAX_NUMBER:
+            raise ConfigError(f"{path}: {value!r} is far beyond any sensible setting (at most {MAX_NUMBER:.0e})")
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)  # "lr: 1" means 1.0
     if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
