@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
+LIMITS_FILE = "limits.json"  # serving/handler.py reads it (Limits): what one request may ask of the worker
 SERVING_MODULES = ("__init__.py", "labels.py", "plates.py", "crops.py", "images.py", "layers.py", "reader.py")
 
 
@@ -35,6 +36,9 @@ class ServingSpec:
     max_batch_delay_ms: int = 50
     response_timeout_s: int = 120
     max_request_size_mb: int = 16
+    max_images_per_request: int = 16
+    max_request_pixels: int = 64_000_000
+    max_request_decoded_mb: int = 512
     token_auth: bool = False  # in the cluster the endpoint sits behind KServe's ingress
     gpus: int | None = None
     model_store: str = "/mnt/models/model-store"
@@ -69,10 +73,10 @@ def properties_keys(text: str) -> list[str]:
 
 def archive(model: str | Path, out_dir: str | Path, spec: ServingSpec = ServingSpec(), version: str = "1.0") -> Path:
     """Write OUT/model-store/<name>.mar and OUT/config/config.properties; return OUT."""
-    from serving.reader import load_pipeline
+    from serving.reader import check_pipeline
 
     model, out_dir = Path(model), Path(out_dir)
-    load_pipeline(model)  # refuse anything serving could not load
+    check_pipeline(model)  # refuse anything serving could not load (digest, both stages built)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} exists and is not empty: choose a new --out folder or delete it")
     archiver = shutil.which("torch-model-archiver", path=str(Path(sys.executable).parent)) or shutil.which("torch-model-archiver")
@@ -86,6 +90,9 @@ def archive(model: str | Path, out_dir: str | Path, spec: ServingSpec = ServingS
         for name in SERVING_MODULES:
             shutil.copy2(serving_dir / name, package / name)
         shutil.copy2(serving_dir / "handler.py", tmp / "handler.py")
+        (tmp / "extra" / LIMITS_FILE).write_text(json.dumps({
+            "images": spec.max_images_per_request, "pixels": spec.max_request_pixels,
+            "decoded_mb": spec.max_request_decoded_mb}))
         shutil.copy2(model, tmp / "pipeline.pth")
         stage = tmp / "out"
         (stage / "model-store").mkdir(parents=True)

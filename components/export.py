@@ -18,7 +18,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from serving.labels import CLASSES, LETTERS, MAIN_PATTERN, SUB_PATTERN
-from serving.reader import FORMAT, STAGES, load_pipeline
+from serving.reader import FORMAT, STAGES, check_pipeline, load_pipeline, weights_digest
 
 
 
@@ -66,10 +66,15 @@ def export(path: str | Path, stages: dict, metrics: dict | None = None, data_dir
         weights = checkpoint_weights(ckpt)
         payload[stage] = {"config": _plain(cfg), "state_dict": {k: v.detach().cpu() for k, v in weights.items()},
                           "checkpoint": Path(ckpt).name}
+    payload["digest"] = weights_digest(payload)
     path = Path(path)
     tmp = path.with_name(path.name + ".partial")
     torch.save(payload, tmp)
-    load_pipeline(tmp)  # never leave a file that serving cannot read
+    try:
+        check_pipeline(tmp)  # never leave a file that serving cannot read
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
     return path
 
@@ -115,14 +120,26 @@ def checkpoint_weights(ckpt: str | Path) -> dict:
 
 
 def fetch(source: str, out_dir: str | Path) -> Path:
-    """Fetch step: take an existing pipeline.pth (local path or gs://) into out_dir, checked."""
+    """Fetch step: take an existing pipeline.pth (local path or gs://) into out_dir, checked (digest, both
+    stages built) before anything is written there: a refused file leaves nothing behind."""
     out = Path(out_dir) / "pipeline.pth"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if source.startswith("gs://"):
-        from components.gcs import download
-        download(source, out)
-    else:
+    if not source.startswith("gs://"):
+        if not Path(source).is_file():
+            raise FileNotFoundError(f"model file not found: {source}")
+        check_pipeline(source)
         if Path(source).resolve() != out.resolve():
-            shutil.copyfile(source, out)
-    load_pipeline(out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, out.with_name(out.name + ".partial"))
+            os.replace(out.with_name(out.name + ".partial"), out)
+        return out
+    import tempfile
+
+    from components.gcs import download
+    with tempfile.TemporaryDirectory(prefix="platepipe-fetch-") as tmp:
+        got = Path(tmp) / "pipeline.pth"
+        download(source, got)
+        check_pipeline(got)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(got, out.with_name(out.name + ".partial"))
+        os.replace(out.with_name(out.name + ".partial"), out)
     return out

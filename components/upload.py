@@ -21,6 +21,7 @@ import base64
 import hashlib
 import io
 import json
+import os
 import random
 import re
 import socket
@@ -33,6 +34,7 @@ from typing import Callable
 from components.gcs import GcsError, client, explain, parse_uri
 
 MANIFEST = "platepipe-version.json"
+CLAIM = ".uploading"  # held while an upload writes the version: one upload of a version at a time
 CONFIG = "config/config.properties"
 CHUNK_SIZE = 8 * 1024 * 1024  # resumable-upload chunk (a multiple of 256 KiB); larger files get progress lines
 TRIES = 5                     # attempts per request, the first included
@@ -243,11 +245,24 @@ def upload(layout_dir: str | Path, dest_uri: str, version: str | None = None, fo
     try:
         existing = retry(f"listing {storage_uri}/", lambda _: list(
             gcs.list_blobs(bucket_name, prefix=root + "/", retry=None, timeout=timeout_s)))
+        if any(b.name == f"{root}/{CLAIM}" for b in existing) and not force:
+            raise GcsError(_running(storage_uri))
         if existing and not force:
             names = ", ".join(b.name[len(root) + 1:] for b in existing[:3]) + (", ..." if len(existing) > 3 else "")
             raise GcsError(f"{storage_uri} already exists ({len(existing)} object(s): {names}): choose another "
                            f"--version, or pass --force to replace it")
         before = {(b.name, b.generation) for b in existing}
+        # the claim: of uploads of one version at once exactly one creates it (if_generation_match=0), and only
+        # the one that did writes anything else there
+        attempted.add(f"{root}/{CLAIM}")
+        claim = (json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started":
+                             datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}) + "\n").encode()
+        try:
+            _put(bucket, root, CLAIM, claim, file_hashes(data=claim), force, written, retry, lambda _: None,
+                 chunk_size, timeout_s)
+        except _Taken:
+            attempted.discard(f"{root}/{CLAIM}")
+            raise GcsError(_running(storage_uri)) from None
         progress(f"uploading {layout.root} to {storage_uri}/")
         old_manifest = next((b for b in existing if b.name == f"{root}/{MANIFEST}"), None)
         if old_manifest is not None:  # force: the version reads incomplete until the new manifest is written
@@ -263,7 +278,7 @@ def upload(layout_dir: str | Path, dest_uri: str, version: str | None = None, fo
                             "md5": blob.md5_hash, "crc32c": blob.crc32c, "generation": blob.generation,
                             "sha256": local[name]["sha256"]})
 
-        keep = {f"{root}/{name}" for name in files} | {f"{root}/{MANIFEST}"}
+        keep = {f"{root}/{name}" for name in files} | {f"{root}/{MANIFEST}", f"{root}/{CLAIM}"}
         for stale in (b for b in existing if b.name not in keep):
             progress(f"  removing {stale.name[len(root) + 1:]} (not part of the new version)")
             retry(f"removing {stale.name}", lambda _, b=stale: _delete(b, timeout_s))
@@ -279,6 +294,8 @@ def upload(layout_dir: str | Path, dest_uri: str, version: str | None = None, fo
         local[MANIFEST] = file_hashes(data=data)
         attempted.add(f"{root}/{MANIFEST}")
         _put(bucket, root, MANIFEST, data, local[MANIFEST], force, written, retry, progress, chunk_size, timeout_s)
+        retry(f"removing {CLAIM}", lambda _: _delete(bucket.blob(f"{root}/{CLAIM}", generation=written[f"{root}/{CLAIM}"]),
+                                                     timeout_s))
     except BaseException as exc:
         left = _clean_up(gcs, bucket_name, root, attempted, written, before, local, retry, timeout_s)
         if not isinstance(exc, Exception):
@@ -299,6 +316,15 @@ def upload(layout_dir: str | Path, dest_uri: str, version: str | None = None, fo
         raise err from exc
     return {"storage_uri": storage_uri, "version": version, "model_name": layout.model_name,
             "objects": objects, "manifest": f"{storage_uri}/{MANIFEST}", "created": manifest["created"]}
+
+
+class _Taken(GcsError):
+    """The object was created by someone else between our listing and our write."""
+
+
+def _running(storage_uri: str) -> str:
+    return (f"another upload of {storage_uri} is running (it holds {storage_uri}/{CLAIM}), or one was killed "
+            f"before it finished: choose another --version; if none is running, pass --force to replace it")
 
 
 def _is_auth(exc: BaseException) -> bool:
@@ -362,8 +388,8 @@ def _put(bucket, root: str, short: str, source: Path | bytes, hashes: dict, forc
                 if stored is not None and not _matches(stored, hashes):
                     written[name] = stored.generation
                     return stored
-                raise GcsError(f"gs://{bucket.name}/{name} appeared while uploading (another upload of the same "
-                               f"version?): choose another --version, or pass --force to replace it")
+                raise _Taken(f"gs://{bucket.name}/{name} appeared while uploading (another upload of the same "
+                             f"version?): choose another --version, or pass --force to replace it")
             if chunked:
                 stream.report(size)
         written[name] = blob.generation

@@ -161,6 +161,9 @@ class ServingConfig(_Section):
     max_batch_delay_ms: int
     response_timeout_s: int
     max_request_size_mb: int
+    max_images_per_request: int
+    max_request_pixels: int
+    max_request_decoded_mb: int
     token_auth: bool
     gpus: Optional[int]
 
@@ -177,6 +180,9 @@ class ServingConfig(_Section):
             seen[port] = name
         _not_empty(self, "bind_address")
         _positive(self, "workers_per_model", "batch_size", "response_timeout_s", "max_request_size_mb")
+        _between(self, "max_images_per_request", 1, 256)
+        _between(self, "max_request_pixels", 1, 2_000_000_000)
+        _between(self, "max_request_decoded_mb", 1, 65536)
         _between(self, "max_batch_delay_ms", 0, 60000)
         _between(self, "gpus", 0, 64)
 

@@ -82,6 +82,17 @@ def plates_of(endpoint: Endpoint, answer: dict) -> list[list[dict]]:
     return [json.loads(d)["response"] for d in out]
 
 
+def explain_status(code: int, message: str) -> str:
+    """A server's error answer, with what to do where the answer alone does not say it."""
+    message = message.strip()[:300]
+    if code == 401 or (code == 400 and "token" in message.lower()):  # TorchServe answers a wrong token with 400
+        return f"{message or 'unauthorised'} (token auth is on: pass --token or --token-file)"
+    if code == 413 and not message:  # TorchServe's own refusal, before our handler, has no body
+        return ("request body too large for the server (TorchServe's max_request_size, serving.max_request_size_mb): "
+                "send fewer or smaller images")
+    return message or "(no message)"
+
+
 def post(endpoint: Endpoint, body: bytes, timeout: float = 60, retries: int = 5, backoff: float = 0.5,
          sleep=time.sleep) -> dict:
     headers = {"Content-Type": "application/json"}
@@ -104,8 +115,7 @@ def post(endpoint: Endpoint, body: bytes, timeout: float = 60, retries: int = 5,
                 message = json.loads(text).get("error") or json.loads(text).get("message") or text
             except (json.JSONDecodeError, AttributeError):
                 message = text
-            hint = " (token auth is on: pass --token or --token-file)" if exc.code == 401 else ""
-            raise ClientError(f"{url} answered {exc.code}: {str(message).strip()[:300]}{hint}", exc.code) from None
+            raise ClientError(f"{url} answered {exc.code}: {explain_status(exc.code, str(message))}", exc.code) from None
         except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
             if attempt < retries:
                 sleep(backoff * 2 ** attempt)

@@ -148,6 +148,7 @@ def prepare(model_store: Path, ts_config: Path, env: dict) -> dict:
         "grpc_inference_address": "127.0.0.1", "grpc_inference_port": str(env["grpc_inference_port"]),
         "grpc_management_address": "127.0.0.1", "grpc_management_port": str(env["grpc_management_port"]),
         "disable_token_authorization": "true", "enable_model_api": "false", "enable_envvars_config": "false",
+        "decode_input_request": "false",
         "model_store": str(model_store)}))
     info = {"model": name, "management_url": management, "inference_url": f"http://{env['bind']}:{env['http_port']}"}
     (state / STATE).write_text(json.dumps(info))

@@ -28,15 +28,50 @@ import logging
 import os
 import sys
 import time
+from dataclasses import dataclass
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 if os.path.isdir(os.path.join(_HERE, "serving")):  # inside a .mar: use the archive's own copy of the package
     sys.path.insert(0, _HERE)
 
-from serving.images import BadImage, load_image  # noqa: E402
+from serving.images import BadImage, decoded_bytes, image_header, load_image  # noqa: E402
 
 logger = logging.getLogger(__name__)
-MAX_IMAGES_PER_REQUEST = int(os.environ.get("PLATEPIPE_MAX_IMAGES_PER_REQUEST", "16"))
+MAX_JSON_DEPTH = 16        # a v2 request is 4 levels deep
+MAX_NUMBER_DIGITS = 32     # requests carry base64 strings; a number is never long
+LIMITS_FILE = "limits.json"  # in the .mar (platepipe archive, from the serving section)
+
+
+@dataclass
+class Limits:
+    """What one request may ask of the worker (serving.max_images_per_request, max_request_pixels,
+    max_request_decoded_mb); beyond them the request is answered 413 and nothing of it is decoded."""
+
+    images: int = 16
+    pixels: int = 64_000_000
+    decoded_mb: int = 512
+
+    @classmethod
+    def from_file(cls, path: str) -> "Limits":
+        if not os.path.isfile(path):
+            return cls()
+        with open(path) as f:
+            values = json.load(f)
+        return cls(**{k: int(values[k]) for k in ("images", "pixels", "decoded_mb") if k in values})
+
+    def check(self, sizes: list[tuple[int, int, str]]) -> None:
+        pixels = sum(w * h for w, h, _ in sizes)
+        if pixels > self.pixels:
+            raise RequestError(f"the request's {len(sizes)} image(s) hold {pixels:,} pixels; at most {self.pixels:,} "
+                               f"per request (serving.max_request_pixels): send fewer or smaller images", 413)
+        decoded = sum(decoded_bytes(*size) for size in sizes)
+        if decoded > self.decoded_mb * 2**20:
+            raise RequestError(f"the request's {len(sizes)} image(s) need {decoded / 2**20:,.0f} MB decoded; at most "
+                               f"{self.decoded_mb:,} MB per request (serving.max_request_decoded_mb): send fewer "
+                               f"or smaller images", 413)
+
+
+LIMITS = Limits()
 
 
 class RequestError(ValueError):
@@ -45,30 +80,71 @@ class RequestError(ValueError):
         self.code = code
 
 
+_WHITESPACE = str.maketrans("", "", " \t\r\n")
+
+
 def _b64(value, where: str) -> bytes:
     if isinstance(value, dict) and "b64" in value:
         value = value["b64"]
     if not isinstance(value, str):
         raise RequestError(f"{where}: expected a base64 string, got {type(value).__name__}")
-    try:
-        return base64.b64decode(value, validate=True)
+    try:  # line breaks and spaces are allowed (the `base64` tool wraps its output at 76 characters)
+        return base64.b64decode(value.translate(_WHITESPACE), validate=True)
     except (binascii.Error, ValueError):
         raise RequestError(f"{where}: not valid base64") from None
 
 
+def _number(text: str) -> int | float:
+    if len(text) > MAX_NUMBER_DIGITS:
+        raise RequestError(f"a JSON number of {len(text):,} characters; at most {MAX_NUMBER_DIGITS} "
+                           f"(requests carry base64 strings, not numbers)")
+    return float(text) if any(c in text for c in ".eE") else int(text)
+
+
+def _constant(name: str):
+    raise RequestError(f"{name} is not JSON (send numbers as numbers, images as base64 strings)")
+
+
+def loads(text: bytes | str):
+    """JSON with bounds: numbers of at most MAX_NUMBER_DIGITS characters, nesting at most MAX_JSON_DEPTH deep
+    (Python's recursion limit bounds the parser first), no NaN/Infinity; RequestError otherwise."""
+    try:
+        value = json.loads(text, parse_int=_number, parse_float=_number, parse_constant=_constant)
+    except RecursionError:
+        raise RequestError(f"JSON nested too deeply (at most {MAX_JSON_DEPTH} levels)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise RequestError("request body is not valid JSON") from None
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise RequestError(f"JSON nested too deeply (at most {MAX_JSON_DEPTH} levels)")
+    return value
+
+
+def _depth(value) -> int:
+    """Nesting depth of a parsed JSON value (stops counting past MAX_JSON_DEPTH)."""
+    depth, level = 0, [value]
+    while level and depth <= MAX_JSON_DEPTH:
+        depth += 1
+        level = [v for item in level for v in (item.values() if isinstance(item, dict) else
+                                               item if isinstance(item, list) else ())
+                 if isinstance(v, (dict, list))]
+    return depth
+
+
 def parse_request(body, content_type: str | None) -> tuple[str, list[bytes]]:
     """(protocol, image bytes) of one request; RequestError for anything malformed."""
+    if isinstance(body, str):  # TorchServe decodes text/* bodies unless TS_DECODE_INPUT_REQUEST=false
+        body = body.encode()
     if isinstance(body, (bytes, bytearray)):
         body = bytes(body)
         if not body:
             raise RequestError("empty request body: send an image or JSON")
-        looks_json = body[:1] in (b"{", b"[") or (content_type or "").startswith("application/json")
+        looks_json = body.lstrip()[:1] in (b"{", b"[") or (content_type or "").startswith("application/json")
+        if not looks_json and (content_type or "").startswith("text/"):
+            raise RequestError(f"a text body ({content_type}) that is not JSON: send JSON (Content-Type: "
+                               f"application/json) or the image itself (image/jpeg, image/png)", 415)
         if not looks_json:
             return "original", [body]
-        try:
-            body = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise RequestError("request body is not valid JSON") from None
+        body = loads(body)
     if isinstance(body, str):
         raise RequestError("request body is a JSON string: send {\"data\": \"<base64 image>\"}")
     if not isinstance(body, dict):
@@ -99,14 +175,40 @@ def parse_request(body, content_type: str | None) -> tuple[str, list[bytes]]:
             if not isinstance(item, dict) or item.get("datatype", "BYTES") != "BYTES" or not isinstance(item.get("data"), list):
                 raise RequestError(f"inputs[{i}]: expected {{\"datatype\": \"BYTES\", \"data\": [\"<base64>\", ...]}}")
             images += [_b64(v, f"inputs[{i}].data[{j}]") for j, v in enumerate(item["data"])]
+        if not images:
+            raise RequestError("inputs: no images (every data list is empty)")
         _check_count(len(images))
         return "v2", images
     raise RequestError('wrong JSON shape: expected {"data": ...}, {"instances": [...]} or {"inputs": [...]}')
 
 
 def _check_count(n: int) -> None:
-    if n > MAX_IMAGES_PER_REQUEST:
-        raise RequestError(f"{n} images in one request; at most {MAX_IMAGES_PER_REQUEST} (split the request)", 413)
+    if n > LIMITS.images:
+        raise RequestError(f"{n} images in one request; at most {LIMITS.images} (serving.max_images_per_request): "
+                           f"split the request", 413)
+
+
+def read_request(body, content_type: str | None) -> tuple[str, list]:
+    """(protocol, decoded BGR images) of one request, within LIMITS; RequestError for anything wrong with it."""
+    protocol, raw = parse_request(body, content_type)
+
+    def named(i: int, exc: Exception) -> RequestError:
+        return RequestError(f"image {i}: {exc}" if len(raw) > 1 else str(exc))
+
+    sizes = []
+    for i, blob in enumerate(raw):
+        try:
+            sizes.append(image_header(blob))
+        except BadImage as exc:
+            raise named(i, exc) from None
+    LIMITS.check(sizes)
+    decoded = []
+    for i, blob in enumerate(raw):
+        try:
+            decoded.append(load_image(blob))
+        except BadImage as exc:
+            raise named(i, exc) from None
+    return protocol, decoded
 
 
 def format_response(protocol: str, results: list[list[dict]], model_name: str, request_id: str | None):
@@ -134,6 +236,8 @@ class PlateHandler:
         gpu = props.get("gpu_id")
         device = f"cuda:{gpu}" if torch.cuda.is_available() and gpu is not None else "cpu"
         self.model_name = getattr(context, "model_name", None) or self.model_name
+        global LIMITS
+        LIMITS = Limits.from_file(os.path.join(model_dir, LIMITS_FILE))
         started = time.monotonic()
         self.reader = PlateReader.from_file(os.path.join(model_dir, "pipeline.pth"), device=device)
         logger.info("plate reader on %s ready in %.1f s", device, time.monotonic() - started)
@@ -147,17 +251,20 @@ class PlateHandler:
             except (AttributeError, KeyError, IndexError, TypeError):
                 content_type = None
             try:
-                protocol, raw = parse_request(body, content_type)
-                decoded = []
-                for i, blob in enumerate(raw):
-                    try:
-                        decoded.append(load_image(blob))
-                    except BadImage as exc:
-                        raise RequestError(f"image {i}: {exc}" if len(raw) > 1 else str(exc)) from None
+                protocol, decoded = read_request(body, content_type)
                 parsed.append((protocol, len(images), len(decoded)))
                 images += decoded
             except RequestError as exc:
                 errors[idx] = exc
+                parsed.append(None)
+            except MemoryError:
+                errors[idx] = RequestError("the request's images do not fit in the worker's memory: send fewer or "
+                                           "smaller images", 413)
+                parsed.append(None)
+            except Exception as exc:  # whatever reading one request raises stays that request's answer
+                logger.exception("request %d of the batch could not be read", idx)
+                errors[idx] = RequestError(f"the request could not be read ({type(exc).__name__}: "
+                                           f"{str(exc)[:200]})")
                 parsed.append(None)
         logger.info("batch of %d request(s), %d image(s), %d refused", len(data), len(images), len(errors))
         results = self.reader.predict(images) if images else []

@@ -6,6 +6,8 @@ inside the file: no config on disk.
 
 from __future__ import annotations
 
+import json
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -184,6 +186,12 @@ def build_model(stage: str, cfg: dict, state_dict: dict, device):
 
     register_all_modules(init_default_scope=True)
     model = MODELS.build(ConfigDict(cfg["model"]))
+    shapes = model.state_dict()
+    wrong = [f"{k} {list(v.shape)} (the model's: {list(shapes[k].shape)})" for k, v in state_dict.items()
+             if k in shapes and tuple(v.shape) != tuple(shapes[k].shape)]
+    if wrong:
+        raise ValueError(f"the {stage} weights do not fit its config ({len(wrong)} of wrong shape, e.g. {wrong[0]}): "
+                         f"the file is damaged or from another version")
     missing, unexpected = model.load_state_dict(state_dict, strict=False)
     if missing or unexpected:
         raise ValueError(f"the {stage} weights do not fit its config (missing {missing[:3]}, "
@@ -270,6 +278,38 @@ def infer_size(detector_config: dict) -> int:
     return int(detector_config.get("infer_size", detector_config["input_size"]))
 
 
+def weights_digest(payload: dict) -> str:
+    """sha256 of both stages' configs and tensors (names, dtypes, shapes, bytes): what `digest` in pipeline.pth
+    holds, so that a flipped byte anywhere in the weights is caught on load."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    for stage in STAGES:
+        h.update(json.dumps(payload[stage]["config"], sort_keys=True).encode())
+        for name in sorted(payload[stage]["state_dict"]):
+            t = payload[stage]["state_dict"][name]
+            h.update(f"{stage}/{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def check_pipeline(path: str | Path) -> dict:
+    """load_pipeline, then build both stages on the CPU (shapes included): what every command that takes a
+    model does before it accepts it."""
+    payload = load_pipeline(path)
+    for stage in STAGES:
+        try:
+            build_model(stage, payload[stage]["config"], payload[stage]["state_dict"], "cpu")
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+        except Exception as exc:  # a config that builds nothing sensible
+            raise ValueError(f"{path}: the {stage} model cannot be built from its config ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0][:200]}): re-export it with `platepipe train`") from None
+    return payload
+
+
 def load_pipeline(path: str | Path) -> dict:
     """Read and check a pipeline.pth with the safe loader; clear errors for files that are not one."""
 
@@ -281,7 +321,8 @@ def load_pipeline(path: str | Path) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any failure of the safe loader means "not a file we can use"
-        raise ValueError(f"{path} is not a loadable pipeline.pth ({str(exc).splitlines()[0]}): "
+        why = (str(exc).strip().splitlines() or [f"{type(exc).__name__}, {path.stat().st_size} bytes"])[0]
+        raise ValueError(f"{path} is not a loadable pipeline.pth ({why}): "
                          "export one with `platepipe train` or point --model at the right file") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not a platepipe pipeline.pth (format {payload.get('format') if isinstance(payload, dict) else type(payload).__name__!r}, "
@@ -291,4 +332,10 @@ def load_pipeline(path: str | Path) -> dict:
     for stage in STAGES:
         if stage not in payload or "config" not in payload[stage] or "state_dict" not in payload[stage]:
             raise ValueError(f"{path} lacks the {stage} stage: re-export it with `platepipe train`")
+    if "digest" not in payload:
+        raise ValueError(f"{path} carries no digest of its weights, so damage cannot be told apart: re-export it "
+                         f"with this platepipe (`platepipe train`)")
+    if weights_digest(payload) != payload["digest"]:
+        raise ValueError(f"{path} is corrupted: its weights do not match the digest written when it was exported; "
+                         f"copy it again from where it was made, or re-export it")
     return payload

@@ -122,6 +122,7 @@ def start(layout: str | Path, *, inference_port: int = 8085, management_port: in
         stop(layout)
     shutil.rmtree(state_dir, ignore_errors=True)
     (state_dir / "tmp").mkdir(parents=True)
+    state_dir.chmod(0o700)  # the keys live here
     props = props_file.read_text()
     (state_dir / "config.properties").write_text(_local_properties(props, layout, ports, token_auth))
     server = Server(layout=layout, model_name=_model_name(layout, props),
@@ -134,13 +135,23 @@ def start(layout: str | Path, *, inference_port: int = 8085, management_port: in
                     "--ts-config", str(state_dir / "config.properties")],
                    cwd=state_dir, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=120, check=False)
     server.pid = _read_pid(state_dir)
-    (state_dir / STATE).write_text(json.dumps(server.to_json()))
+    write_private(state_dir / STATE, json.dumps(server.to_json()))
     try:
         _wait_ready(server, timeout, echo)
     except BaseException:
         stop(layout)
         raise
     return server
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file that holds a secret: readable by its owner only (0600) from its first byte, replaced whole."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
 
 
 def _env(state_dir: Path) -> dict:
@@ -185,7 +196,7 @@ def _wait_ready(server: Server, timeout: float, echo) -> None:
                 data = {}  # TorchServe is still writing it: read it again on the next round
             server.keys = {api: data[api]["key"] for api in ("inference", "management") if api in data}
             if server.keys:
-                (server.state_dir / STATE).write_text(json.dumps(server.to_json()))
+                write_private(server.state_dir / STATE, json.dumps(server.to_json()))
         try:
             states = model_status(server)
         except (urllib.error.URLError, OSError, json.JSONDecodeError):

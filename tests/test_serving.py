@@ -170,6 +170,11 @@ def test_every_body_format_answers_in_its_protocol(ts, model):
 def test_token_auth_is_on(ts, model):
     code, answer = post(ts, "/predictions/pipeline", images(model, 1)[0], "image/jpeg", token=False)
     assert code in (400, 401) and "token" in json.dumps(answer).lower(), (code, answer)
+    # the client says what to do, whether TorchServe answers a wrong token with 400 or 401
+    from serving.client import ClientError, Endpoint, request
+    for token in (None, "not-the-key"):
+        with pytest.raises(ClientError, match="token auth is on: pass --token or --token-file"):
+            request(Endpoint(ts.inference_url, token=token), images(model, 1), retries=0)
 
 
 def _png(width, height, payload=b""):
@@ -193,6 +198,16 @@ def bad_inputs(good: bytes) -> dict:
         "bad v2 datatype": (json.dumps({"inputs": [{"datatype": "FP32", "data": [1.0]}]}).encode(),
                             "application/json", "BYTES"),
         "not JSON": (b"{not json", "application/json", "not valid JSON"),
+        "deeply nested JSON": (b"[" * 100_000, "application/json", "nested too deeply"),
+        "a 5,000-digit number": (b'{"data": ' + b"9" * 5000 + b"}", "application/json", "JSON number of 5,000"),
+        "NaN": (b'{"data": NaN}', "application/json", "NaN is not JSON"),
+        "a text body": (b"plates, please", "text/plain", "not JSON"),
+        "v2 without images": (json.dumps({"inputs": [{"name": "images", "datatype": "BYTES", "shape": [0],
+                                                      "data": []}]}).encode(), "application/json", "no images"),
+        "v1 without images": (json.dumps({"instances": []}).encode(), "application/json", "non-empty list"),
+        # two images of 49 Mpx each, under the per-image cap, 98 Mpx together: refused before decoding
+        "over the request's pixel budget": (json.dumps({"instances": [{"data": b64(_png(7000, 7000))}] * 2}).encode(),
+                                            "application/json", "max_request_pixels"),
     }
 
 
@@ -209,6 +224,45 @@ def test_bad_input_corpus_gets_4xx_and_worker_survives(ts, model):
     assert worker_pids(ts) == before  # no worker restarted
     code, answer = post(ts, "/predictions/pipeline", good, "image/jpeg")
     assert code == 200 and "response" in answer
+
+
+def test_every_bad_kind_beside_valid_requests_in_one_batch_fails_alone(ts, model):
+    """Three valid requests (original, v1, v2) and one bad one sent at once, batch size 4: the bad one gets its
+    4xx and every valid one 200, for every kind of bad input, and no worker restarts."""
+    good = images(model, 1)[0]
+    valid = [("/predictions/pipeline", json.dumps({"data": b64(good)}).encode()),
+             (f"/v1/models/{ts.model_name}:predict", json.dumps({"instances": [{"data": b64(good)}]}).encode()),
+             (f"/v2/models/{ts.model_name}/infer", json.dumps({"inputs": [{"name": "images", "datatype": "BYTES",
+                                                                           "shape": [1], "data": [b64(good)]}]}).encode())]
+    before = worker_pids(ts)
+    for name, (body, ctype, _) in bad_inputs(good).items():
+        start = threading.Barrier(4)
+
+        def send(item):
+            path, data, content_type = item
+            start.wait()
+            return post(ts, path, data, content_type)
+
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(send, [(p, d, "application/json") for p, d in valid]
+                                    + [("/predictions/pipeline", body, ctype)]))
+        assert [code for code, _ in answers[:3]] == [200, 200, 200], (name, answers[:3])
+        assert 400 <= answers[3][0] < 500 and "error" in answers[3][1], (name, answers[3])
+    assert worker_pids(ts) == before
+
+
+def test_base64_with_line_breaks_is_read(ts, model):
+    good = images(model, 1)[0]
+    wrapped = base64.encodebytes(good).decode()  # 76 characters a line, as the `base64` tool writes it
+    assert "\n" in wrapped
+    code, answer = post(ts, f"/v1/models/{ts.model_name}:predict", json.dumps({"instances": [{"b64": wrapped}]}).encode())
+    assert code == 200 and len(answer["predictions"]) == 1
+
+
+def test_state_and_keys_are_private(ts):
+    for path, mode in ((ts.state_dir, 0o700), (ts.state_dir / "state.json", 0o600),
+                       (ts.state_dir / "key_file.json", 0o600)):
+        assert path.stat().st_mode & 0o777 == mode, (path, oct(path.stat().st_mode))
 
 
 def test_batch_mixing_good_and_bad_requests(ts, model):

@@ -258,6 +258,48 @@ def test_model_name_comes_from_the_mar(bucket, tmp_path):
     assert "a/b/v1/model-store/plates.mar" in names(bucket, "models", "a/")
 
 
+def test_two_uploads_of_one_version_at_once_exactly_one_wins(bucket, tmp_path):
+    """The same layout uploaded twice at the same moment (a retried pipeline step beside the first): one
+    upload is stored whole, the other is refused with a sentence that says why, and removes nothing."""
+    layout = make_layout(tmp_path / "one", seed=1, size=3 * 1024 * 1024)
+    for round_ in range(3):
+        version = f"r{round_}"
+        start = threading.Barrier(2)
+        outcome: list = [None, None]
+
+        def run(i: int) -> None:
+            start.wait()
+            try:
+                outcome[i] = up.upload(layout, "gs://models/pp", version=version, progress=lambda _: None, **FAST)
+            except GcsError as exc:
+                outcome[i] = exc
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        won = [o for o in outcome if isinstance(o, dict)]
+        lost = [o for o in outcome if isinstance(o, GcsError)]
+        assert len(won) == 1 and len(lost) == 1, outcome
+        assert re.search(rf"another upload of gs://models/pp/{version} is running|gs://models/pp/{version} already "
+                         rf"exists", str(lost[0])), lost[0]
+        listed = {v["version"]: v for v in up.list_versions("gs://models/pp")}
+        assert listed[version]["complete"], listed[version]
+        assert names(bucket, "models", f"pp/{version}/") == [
+            f"pp/{version}/config/config.properties", f"pp/{version}/model-store/pipeline.mar",
+            f"pp/{version}/{up.MANIFEST}"]  # the claim is gone once the upload is whole
+
+
+def test_a_claim_left_by_a_killed_upload_blocks_the_version_until_forced(bucket, tmp_path):
+    layout = make_layout(tmp_path / "one", seed=1)
+    bucket.bucket("models").blob(f"pp/v1/{up.CLAIM}").upload_from_string(b"{}")
+    with pytest.raises(GcsError, match=r"another upload of gs://models/pp/v1 is running .* pass --force"):
+        up.upload(layout, "gs://models/pp", version="v1", progress=lambda _: None, **FAST)
+    up.upload(layout, "gs://models/pp", version="v1", force=True, progress=lambda _: None, **FAST)
+    assert f"pp/v1/{up.CLAIM}" not in names(bucket, "models", "pp/v1/")
+
+
 def test_never_overwrites_a_version_unless_forced(bucket, tmp_path):
     first = make_layout(tmp_path / "one", seed=1)
     up.upload(first, "gs://models/pp", version="v1", progress=lambda _: None, **FAST)
@@ -347,7 +389,7 @@ def test_transient_failures_are_retried(bucket, proxy, tmp_path, action):
     result = up.upload(layout, "gs://models/pp", version="v1", tries=4, progress=lines.append, **FAST)
     # our retry did it: google-cloud-storage's own is off, so every retried request went through the proxy again
     assert p.count(action) == 2
-    assert p.count(None) == 3  # three objects, each arriving once it got through
+    assert p.count(None) == 4  # the claim and three objects, each arriving once it got through
     assert sum("retrying in" in line for line in lines) == 2
     stored = {b.name: b for b in bucket.list_blobs("models", prefix="pp/v1/")}
     mar = (layout / "model-store" / "pipeline.mar").read_bytes()
