@@ -598,3 +598,24 @@ def dump_config(cfg: Config, one_line: bool = False) -> str:
                          allow_unicode=True, width=1 << 30).strip()
     return yaml.dump(config_to_dict(cfg), Dumper=_Dumper, sort_keys=False, default_flow_style=False,
                      allow_unicode=True)
+
+
+# The sections each step reads: the pipeline hands a step only these (pipeline/tasks.py settings), so that a
+# cached step's cache key changes only when its own settings do (a smoke or deploy change retrains nothing).
+STEP_SECTIONS = {
+    "data": ("data",),
+    "train": ("model", "train"),
+    "evaluate": ("evaluate",),
+    "archive": ("serving",),
+    "upload": ("gcs",),
+    "deploy": ("deploy", "serving"),
+    "smoke": ("smoke", "serving", "deploy"),
+}
+
+
+def step_config(cfg: Config, step: str) -> str:
+    """The sections step reads, as one-line YAML (config_from_text of it fills the rest with defaults)."""
+    text = {name: dataclasses.asdict(getattr(cfg, name)) for name in STEP_SECTIONS[step]}
+    return yaml.dump(text, Dumper=_Dumper, sort_keys=False, default_flow_style=True, allow_unicode=True,
+                     width=1 << 30).strip()
+

@@ -3,7 +3,8 @@ deploy -> smoke test. `build_pipeline(cfg)` wires it with the cluster settings o
 GPU, node selectors, tolerations, PVC, GCS secret, retries, caching); `compile_pipeline` writes the YAML that
 the Kubeflow UI, `kfp run create` and `platepipe submit` take.
 
-Run parameters (editable per run in the UI): `config` (the whole configuration as YAML; steps read it),
+Run parameters (editable per run in the UI): `config` (the whole configuration as YAML; the settings step checks
+it and hands each step only the sections it reads, so cache keys follow only a step's own settings),
 `pretrained_model` (a pipeline.pth path or gs:// to fetch instead of training), `min_eir` (the gate),
 `model_version` (the GCS version folder; empty = time + hash) and `deploy_target` (kserve, or local for
 `platepipe run --local`).
@@ -58,24 +59,27 @@ def build_pipeline(cfg: Config):
     def platepipe(config: str = default_config, pretrained_model: str = cfg.model.pretrained or "",
                   min_eir: float = cfg.evaluate.min_eir, model_version: str = cfg.gcs.version or "",
                   deploy_target: str = "kserve"):
-        data = _settings(steps.data_step(config=config), cfg, gcs=True, cache=True, name="data")
-        model = _settings(steps.train_step(config=config, pretrained_model=pretrained_model,
+        cut = _settings(steps.settings_step(config=config), cfg, name="settings").outputs
+        data = _settings(steps.data_step(config=cut["data"]), cfg, gcs=True, cache=True, name="data")
+        model = _settings(steps.train_step(config=cut["train"], pretrained_model=pretrained_model,
                                            data=data.outputs["data"]), cfg, gpu=True, gcs=True, cache=True,
                           name="train or fetch")
-        evaluation = _settings(steps.evaluate_step(config=config, min_eir=min_eir, model=model.outputs["model"],
-                                                   data=data.outputs["data"]), cfg, name="evaluate")
+        evaluation = _settings(steps.evaluate_step(config=cut["evaluate"], min_eir=min_eir,
+                                                   model=model.outputs["model"], data=data.outputs["data"]), cfg,
+                               name="evaluate")
         with dsl.If(evaluation.outputs["passed"] == True, name="eir-gate"):  # noqa: E712 (a KFP condition)
             exported = _settings(steps.export_step(model=model.outputs["model"],
                                                    evaluation=evaluation.outputs["evaluation"]), cfg, name="export")
-            layout = _settings(steps.archive_step(config=config, model=exported.outputs["exported"]), cfg,
+            layout = _settings(steps.archive_step(config=cut["archive"], model=exported.outputs["exported"]), cfg,
                                name="archive")
-            storage_uri = _settings(steps.upload_step(config=config, layout=layout.outputs["layout"],
+            storage_uri = _settings(steps.upload_step(config=cut["upload"], layout=layout.outputs["layout"],
                                                       model_version=model_version), cfg, gcs=True, retry=True,
                                     name="upload")
-            endpoint = _settings(steps.deploy_step(config=config, storage_uri=storage_uri.output,
+            endpoint = _settings(steps.deploy_step(config=cut["deploy"], storage_uri=storage_uri.output,
                                                    deploy_target=deploy_target), cfg, retry=True, name="deploy")
-            _settings(steps.smoke_test_step(config=config, url=endpoint.outputs["url"], host=endpoint.outputs["host"],
-                                            rollback=endpoint.outputs["rollback"]), cfg, name="smoke test")
+            _settings(steps.smoke_test_step(config=cut["smoke"], url=endpoint.outputs["url"],
+                                            host=endpoint.outputs["host"], rollback=endpoint.outputs["rollback"]),
+                      cfg, name="smoke test")
             # no retry for the smoke test: after a failure it has rolled the deploy back, and a second try would
             # test the previous model (the client already retries 503s)
         with dsl.Else(name="eir-gate-failed"):

@@ -15,6 +15,19 @@ def component(fn):
 
 
 @component
+def settings_step(config: str) -> NamedTuple("Settings", [("data", str), ("train", str), ("evaluate", str),
+                                                          ("archive", str), ("upload", str), ("deploy", str),
+                                                          ("smoke", str)]):
+    """Check the run's configuration and hand each step only the sections it reads (never cached): a change to
+    the smoke test's or the deploy's settings leaves the data and train steps' cache keys as they were."""
+    from collections import namedtuple
+
+    from pipeline import tasks
+    cut = tasks.settings(config)
+    return namedtuple("Settings", list(cut))(**cut)
+
+
+@component
 def data_step(config: str, data: Output[Dataset], preview: Output[HTML]):
     """Render the synthetic set (or prepare the user's labelled set) as COCO, with a preview sheet."""
     from pipeline import tasks

@@ -26,6 +26,14 @@ def _cfg(config: str) -> Config:
     return config_from_text(config)
 
 
+def settings(config: str) -> dict:
+    """The whole configuration (the run parameter), checked, cut into what each step reads (STEP_SECTIONS)."""
+    from pipeline.config import STEP_SECTIONS, step_config
+
+    cfg = _cfg(config)
+    return {step: step_config(cfg, step) for step in STEP_SECTIONS}
+
+
 def _report(step: str, result: dict) -> dict:
     """The local run collects each step's result for its summary (in the cluster, KFP shows them instead)."""
     if os.environ.get(LOCAL_DIR_ENV):

@@ -39,10 +39,10 @@ def test_whole_pipeline_runs_and_a_failing_smoke_test_rolls_back(tmp_path):
     out = run(tmp_path, "--set", "evaluate.min_eir=0")
     log = out.stdout + out.stderr
     assert out.returncode == 1, log
-    steps = ["data", "train or fetch", "evaluate", "export", "archive", "upload", "deploy"]
+    steps = ["settings", "data", "train or fetch", "evaluate", "export", "archive", "upload", "deploy"]
     for i, name in enumerate(steps, 1):
         assert re.search(rf"^\[{i}\] {name} ok in \d+\.\d s$", out.stdout, re.M), log
-    assert re.search(r"^\[8\] smoke test FAILED in", out.stdout, re.M), log
+    assert re.search(r"^\[9\] smoke test FAILED in", out.stdout, re.M), log
     # the smoke test's table, and the rollback
     assert re.search(r"image\s+expected\s+got\s+problems", out.stdout), log
     assert "missing" in out.stdout and "rolled back: stopped the local TorchServe" in out.stdout
@@ -79,8 +79,8 @@ def test_whole_pipeline_runs_and_a_failing_smoke_test_rolls_back(tmp_path):
 def test_gate_stops_a_weak_model_before_export(tmp_path):
     out = run(tmp_path, "--set", "evaluate.min_eir=0.99")
     assert out.returncode == 1, out.stdout + out.stderr
-    assert re.search(r"^\[3\] evaluate ok", out.stdout, re.M)
-    assert re.search(r"^\[4\] gate failed FAILED", out.stdout, re.M)
+    assert re.search(r"^\[4\] evaluate ok", out.stdout, re.M)
+    assert re.search(r"^\[5\] gate failed FAILED", out.stdout, re.M)
     assert "EIR gate failed: EIR 0.0000 < min_eir 0.99" in out.stdout
     assert "upload" not in out.stdout.split("summary")[1]
     assert not (tmp_path / "run" / "steps" / "upload.json").exists()
@@ -106,7 +106,7 @@ def test_sigterm_stops_the_run_and_everything_it_started(tmp_path):
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         for line in proc.stdout:
-            if line.startswith("[2] train or fetch ..."):
+            if line.startswith("[3] train or fetch ..."):
                 break
         else:
             pytest.fail("the run ended before training: " + proc.stderr.read())

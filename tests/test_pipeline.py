@@ -9,7 +9,7 @@ import pytest
 from pipeline.config import config_from_text as load_config_text, load_config
 from pipeline.pipeline import compile_pipeline
 
-STEPS = ["data-step", "train-step", "evaluate-step", "export-step", "archive-step", "upload-step", "deploy-step",
+STEPS = ["settings-step", "data-step", "train-step", "evaluate-step", "export-step", "archive-step", "upload-step", "deploy-step",
          "smoke-test-step", "gate-failed-step"]
 
 
@@ -95,8 +95,36 @@ def test_caching_only_for_data_and_train(default):
     tasks = tasks_of(spec)
     for name in ("data-step", "train-step"):
         assert tasks[name]["cachingOptions"].get("enableCache") is True, name
-    for name in ("upload-step", "deploy-step", "smoke-test-step", "evaluate-step"):
+    for name in ("settings-step", "upload-step", "deploy-step", "smoke-test-step", "evaluate-step"):
         assert not tasks[name]["cachingOptions"].get("enableCache"), name
+
+
+def test_changing_smoke_or_deploy_settings_keeps_the_cached_steps_inputs(tmp_path):
+    """KFP's cache key of a task is its component and its inputs' values. The data and train steps take their
+    settings from the settings step's outputs, which carry only their own sections: a run whose smoke or deploy
+    settings differ hands them the same values, so their cached outputs are reused; a data change is seen."""
+    from pipeline import tasks
+    from pipeline.config import dump_config
+
+    spec, _ = compiled(tmp_path)
+    steps = tasks_of(spec)
+    for name, cut in (("data-step", "data"), ("train-step", "train"), ("evaluate-step", "evaluate")):
+        source = steps[name]["inputs"]["parameters"]["config"]["taskOutputParameter"]
+        assert source == {"producerTask": "settings-step", "outputParameterKey": cut}, (name, source)
+    assert steps["settings-step"]["inputs"]["parameters"]["config"]["componentInputParameter"] == "config"
+    base = tasks.settings(dump_config(load_config()))
+    changed = tasks.settings(dump_config(load_config(None, [
+        "smoke.n_images=3", "deploy.namespace=other", "deploy.canary_percent=10", "serving.batch_size=8",
+        "gcs.bucket=elsewhere", "evaluate.min_eir=0.5"])))
+    assert changed["data"] == base["data"] and changed["train"] == base["train"]
+    assert changed["smoke"] != base["smoke"] and changed["deploy"] != base["deploy"]
+    assert tasks.settings(dump_config(load_config(None, ["data.n_images=10"])))["data"] != base["data"]
+    assert tasks.settings(dump_config(load_config(None, ["train.lr=0.001"])))["train"] != base["train"]
+    # each step's cut gives it the settings it reads, the rest as defaults
+    from pipeline.config import config_from_text
+    cfg = load_config(None, ["data.n_images=10", "smoke.n_images=3"])
+    cut = tasks.settings(dump_config(cfg))
+    assert config_from_text(cut["data"]).data == cfg.data and config_from_text(cut["smoke"]).smoke == cfg.smoke
 
 
 def test_caching_off_in_config_turns_it_off(tmp_path):
