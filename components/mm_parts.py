@@ -41,6 +41,7 @@ from configs.model import READER_CLASSES
 from serving.crops import crop_plate, read_window, to_crop
 from serving.labels import CLASSES, PLATE_TYPES
 from serving.plates import Detection, decode
+from serving.reader import CHAR_SCORE
 
 
 def _inside(inner: list[float], outer: list[float]) -> bool:
@@ -274,7 +275,7 @@ class CropPlate:
         return f"CropPlate(size={self.size}, jitter={self.jitter}, fill={self.fill})"
 
 
-def read_crop(pred, plate_type: str, crop_shape, classes=READER_CLASSES, score_threshold: float = 0.3) -> dict | None:
+def read_crop(pred, plate_type: str, crop_shape, classes=READER_CLASSES, score_threshold: float = CHAR_SCORE) -> dict | None:
     """Decode the reader's detections on one crop as a plate of the given type (or None)."""
     h, w = crop_shape[:2]
     dets = [Detection(plate_type, 1.0, (0.0, 0.0, float(w), float(h)))]
@@ -286,11 +287,12 @@ def read_crop(pred, plate_type: str, crop_shape, classes=READER_CLASSES, score_t
 
 @METRICS.register_module(force=True)
 class PlateReadMetric(BaseMetric):
-    """EIR on crops: a plate counts when all 7 characters are read right, in order."""
+    """EIR on crops: a plate counts when all 7 characters are read right, in order; characters read at the
+    score serving reads them at (serving.reader CHAR_SCORE), so the best checkpoint is the best served one."""
 
     default_prefix = "plate"
 
-    def __init__(self, score_threshold: float = 0.3, **kwargs):
+    def __init__(self, score_threshold: float = CHAR_SCORE, **kwargs):
         super().__init__(**kwargs)
         self.score_threshold = score_threshold
 

@@ -749,3 +749,12 @@ def test_native_bf16_is_a_plain_answer_even_without_onednn(monkeypatch):
     assert native_bf16("cpu") is bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     monkeypatch.setattr(torch.ops, "mkldnn", object())  # a torch build without the oneDNN query
     assert native_bf16("cpu") is False
+
+
+def test_checkpoints_are_chosen_at_the_character_score_serving_reads_at():
+    from components.mm_parts import PlateReadMetric
+    from pipeline.config import load_config
+    from serving.reader import CHAR_SCORE
+
+    assert PlateReadMetric().score_threshold == CHAR_SCORE
+    assert load_config().evaluate.char_score == CHAR_SCORE  # the evaluate step's default reads the same way
