@@ -192,23 +192,17 @@ def read_request(body, content_type: str | None) -> tuple[str, list]:
     """(protocol, decoded BGR images) of one request, within LIMITS; RequestError for anything wrong with it."""
     protocol, raw = parse_request(body, content_type)
 
-    def named(i: int, exc: Exception) -> RequestError:
-        return RequestError(f"image {i}: {exc}" if len(raw) > 1 else str(exc))
+    def each(read) -> list:
+        out = []
+        for i, blob in enumerate(raw):
+            try:
+                out.append(read(blob))
+            except BadImage as exc:
+                raise RequestError(f"image {i}: {exc}" if len(raw) > 1 else str(exc)) from None
+        return out
 
-    sizes = []
-    for i, blob in enumerate(raw):
-        try:
-            sizes.append(image_header(blob))
-        except BadImage as exc:
-            raise named(i, exc) from None
-    LIMITS.check(sizes)
-    decoded = []
-    for i, blob in enumerate(raw):
-        try:
-            decoded.append(load_image(blob))
-        except BadImage as exc:
-            raise named(i, exc) from None
-    return protocol, decoded
+    LIMITS.check(each(image_header))  # from the headers: nothing is decoded beyond the budget
+    return protocol, each(load_image)
 
 
 def format_response(protocol: str, results: list[list[dict]], model_name: str, request_id: str | None):

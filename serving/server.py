@@ -203,12 +203,33 @@ def _wait_ready(server: Server, timeout: float, echo) -> None:
             states = []
         if states and all(s == "READY" for s in states):
             return
+        deaths, why = load_failures(server.state_dir / "logs")
+        if deaths >= WORKER_DEATHS:
+            raise ServeError(f"model {server.model_name} cannot load: its worker died {deaths} times while starting"
+                             f"{f' ({why})' if why else ''}; see {server.state_dir / 'logs' / 'model_log.log'}")
         if states != last:
             echo(f"  waiting for {server.model_name}: workers {states or 'not registered yet'}")
             last = states
         time.sleep(0.5)
     raise ServeError(f"model {server.model_name} not READY after {timeout:.0f} s (workers {last}); "
                      f"see {server.state_dir / 'logs' / 'model_log.log'}")
+
+
+WORKER_DEATHS = 3  # TorchServe restarts a dying worker for ever: after this many, starting has failed
+
+
+def load_failures(logs: Path) -> tuple[int, str]:
+    """How often the model's worker died (ts_log.log), and the last error its Python side logged."""
+    try:
+        deaths = (logs / "ts_log.log").read_text(errors="replace").count("Backend worker process died")
+        lines = (logs / "model_log.log").read_text(errors="replace").splitlines()
+    except OSError:
+        return 0, ""
+    errors = [m.group(1) for m in map(_ERROR.search, lines) if m]
+    return deaths, errors[-1].strip()[:300] if errors else ""
+
+
+_ERROR = re.compile(r"MODEL_LOG - ((?:\w+\.)*\w*(?:Error|Exception): .*)$")
 
 
 def running(layout: str | Path) -> Server | None:

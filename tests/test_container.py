@@ -33,10 +33,8 @@ from pathlib import Path
 import pytest
 
 from components.archive import ServingSpec, archive
-from components.data import DataSpec, generate
 from components.deploy import DeploySpec
 from components.runtime import MODEL_DIR, runtime_manifest
-from components.train import TrainSpec, train
 from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.fake_gcs import FakeGcs
@@ -82,18 +80,16 @@ def in_image(command: list[str]) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    root = tmp_path_factory.mktemp("container")
-    generate(root / "data", DataSpec(n_images=8, seed=23, min_size=320, max_size=400, plate_width_min=80,
-                                     plate_width_max=200, split=(0.5, 0.25, 0.25)), workers=1, progress=False)
-    return root, train(root / "data", root / "train", TrainSpec(preset="tiny", max_iters=2, val_interval=2, workers=0))
+def model(tiny_model):
+    return tiny_model
 
 
 @pytest.fixture(scope="module")
-def mnt(model):
+def mnt(model, tmp_path_factory):
     """/mnt/models as the storage initializer lays it out from the uploaded version (a world-readable folder,
     so that uid 1000 can read it, as the pod's volume)."""
-    root, pth = model
+    _, pth = model
+    root = tmp_path_factory.mktemp("container")
     # the archive step's settings (components: tasks.archive_step); a batch waits up to 1 s to fill, so the
     # 4 clients' requests meet in one batch
     spec = ServingSpec.from_config(load_config().serving, bind_address="0.0.0.0", token_auth=False,

@@ -18,8 +18,6 @@ import numpy as np
 import pytest
 
 from components.archive import ServingSpec, archive, config_properties, properties_keys
-from components.data import DataSpec, generate
-from components.train import TrainSpec, train
 from serving import server
 from serving.images import load_image
 from serving.reader import PlateReader
@@ -29,16 +27,14 @@ KEYS = {line.strip() for line in (Path(__file__).parent / "data" / "config-keys-
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    root = tmp_path_factory.mktemp("serving")
-    generate(root / "data", DataSpec(n_images=8, seed=21, min_size=320, max_size=400, plate_width_min=80,
-                                     plate_width_max=200, split=(0.5, 0.25, 0.25)), workers=1, progress=False)
-    return root, train(root / "data", root / "train", TrainSpec(preset="tiny", max_iters=2, val_interval=2, workers=0))
+def model(tiny_model):
+    return tiny_model
 
 
 @pytest.fixture(scope="module")
-def layout(model):
-    root, pth = model
+def layout(model, tmp_path_factory):
+    _, pth = model
+    root = tmp_path_factory.mktemp("serving")
     spec = ServingSpec(batch_size=4, max_batch_delay_ms=300, max_request_size_mb=2)
     return archive(pth, root / "layout", spec)
 
@@ -329,6 +325,28 @@ def test_clean_stop_leaves_nothing(layout, tmp_path):
     assert not server._alive(pid) and not server._workers_of(srv.state_dir)
     assert server._port_free(ports[0]) and server._port_free(ports[1])
     assert not server.stop(copy)  # nothing left to stop
+
+
+def test_a_model_that_cannot_load_stops_the_start_with_its_error(layout, tmp_path):
+    """A .mar whose pipeline.pth was damaged after archiving: the worker dies while loading, TorchServe would
+    restart it for ever; start gives up after a few deaths with the handler's own error, and leaves nothing."""
+    import shutil
+    import zipfile
+
+    copy = tmp_path / "broken"
+    shutil.copytree(layout, copy, ignore=shutil.ignore_patterns(".serve"))
+    mar = copy / "model-store" / "pipeline.mar"
+    with zipfile.ZipFile(layout / "model-store" / "pipeline.mar") as src, zipfile.ZipFile(mar, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            dst.writestr(item, data[: len(data) // 2] if item.filename == "pipeline.pth" else data)
+    ports = [server.free_port() for _ in range(3)]
+    with pytest.raises(server.ServeError) as err:
+        server.start(copy, inference_port=ports[0], management_port=ports[1], metrics_port=ports[2],
+                     token_auth=False, timeout=400, echo=lambda *_: None)
+    assert "cannot load: its worker died" in str(err.value) and "not a loadable pipeline.pth" in str(err.value)
+    assert server.running(copy) is None and not server._workers_of(copy / ".serve")
+    assert server._port_free(ports[0])
 
 
 def test_missing_layout_is_a_clear_error(tmp_path):
