@@ -37,7 +37,7 @@ READER_CLASSES = tuple(c for c in CLASSES if c not in PLATE_TYPES)
 # weights (ema: the reader's checkpoint-to-checkpoint EIR swung by 3-5 points on the validation split without it).
 PRESETS = {
     "quick": {  # CPU: both stages at once on 2 cores, so that the local run ends within 15 minutes (docs/BENCHMARKS.md)
-        "time_budget_min": 12.5,
+        "time_budget_min": 12.0,
         # in 8 minutes on one core: widen 0.1875 at batch 4 reached val mAP 0.625 (1,173 iterations), 0.25 at batch
         # 4 0.592 (977), at batch 8 0.563 (525); widen 0.125 0.585; lr 0.008 0.367, 0.0025 0.573; batch 2 diverged
         "detector": dict(widen=0.1875, deepen=0.167, input_size=640, infer_size=800, train_crop=(448, 256),
