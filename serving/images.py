@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
 
@@ -22,21 +23,30 @@ _BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "
 _EXTRA = {"I;16": 8, "I;16B": 8, "I;16L": 8, "I": 8, "RGBA": 8, "LA": 8, "P": 8, "PA": 8}
 
 
-def image_header(data: bytes) -> tuple[int, int, str]:
-    """(width, height, mode) from the image's header, without decoding it; BadImage when there is none."""
+@contextlib.contextmanager
+def _reading(data: bytes):
+    """Pillow's errors while opening or decoding data, as BadImage sentences."""
     if not data:
         raise BadImage("empty image: the request carried no bytes")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            return img.size[0], img.size[1], img.mode
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield
+    except BadImage:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise BadImage(f"image refused as a decompression bomb: {exc}") from exc
     except UnidentifiedImageError as exc:
         raise BadImage("not an image (or a format Pillow cannot read): send JPEG, PNG, WebP, BMP or TIFF") from exc
-    except Image.DecompressionBombError as exc:
-        raise BadImage(f"image refused as a decompression bomb: {exc}") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise BadImage(f"image is damaged or truncated: {exc}") from exc
+
+
+def image_header(data: bytes) -> tuple[int, int, str]:
+    """(width, height, mode) from the image's header, without decoding it; BadImage when there is none."""
+    with _reading(data):
+        img = Image.open(io.BytesIO(data))
+        return img.size[0], img.size[1], img.mode
 
 
 def decoded_bytes(width: int, height: int, mode: str) -> int:
@@ -46,27 +56,15 @@ def decoded_bytes(width: int, height: int, mode: str) -> int:
 
 def load_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode JPEG/PNG/WebP/BMP/TIFF/... (RGBA, grey, palette and 16-bit too), honour EXIF rotation."""
-    if not data:
-        raise BadImage("empty image: the request carried no bytes")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            w, h = img.size
-            if w == 0 or h == 0:
-                raise BadImage(f"image has no pixels ({w}x{h})")
-            if w * h > max_pixels:
-                raise BadImage(f"image is {w}x{h} = {w * h:,} pixels, more than the {max_pixels:,} allowed: "
-                               "send a smaller image")
-            img.load()
-    except BadImage:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise BadImage(f"image refused as a decompression bomb: {exc}") from exc
-    except UnidentifiedImageError as exc:
-        raise BadImage("not an image (or a format Pillow cannot read): send JPEG, PNG, WebP, BMP or TIFF") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise BadImage(f"image is damaged or truncated: {exc}") from exc
+    with _reading(data):
+        img = Image.open(io.BytesIO(data))
+        w, h = img.size
+        if w == 0 or h == 0:
+            raise BadImage(f"image has no pixels ({w}x{h})")
+        if w * h > max_pixels:
+            raise BadImage(f"image is {w}x{h} = {w * h:,} pixels, more than the {max_pixels:,} allowed: "
+                           "send a smaller image")
+        img.load()
     img = ImageOps.exif_transpose(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.clip(np.asarray(img), 0, None).astype(np.uint32)
