@@ -122,24 +122,20 @@ def checkpoint_weights(ckpt: str | Path) -> dict:
 def fetch(source: str, out_dir: str | Path) -> Path:
     """Fetch step: take an existing pipeline.pth (local path or gs://) into out_dir, checked (digest, both
     stages built) before anything is written there: a refused file leaves nothing behind."""
-    out = Path(out_dir) / "pipeline.pth"
-    if not source.startswith("gs://"):
-        if not Path(source).is_file():
-            raise FileNotFoundError(f"model file not found: {source}")
-        check_pipeline(source)
-        if Path(source).resolve() != out.resolve():
-            out.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, out.with_name(out.name + ".partial"))
-            os.replace(out.with_name(out.name + ".partial"), out)
-        return out
     import tempfile
 
-    from components.gcs import download
+    out = Path(out_dir) / "pipeline.pth"
     with tempfile.TemporaryDirectory(prefix="platepipe-fetch-") as tmp:
-        got = Path(tmp) / "pipeline.pth"
-        download(source, got)
-        check_pipeline(got)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(got, out.with_name(out.name + ".partial"))
-        os.replace(out.with_name(out.name + ".partial"), out)
+        if source.startswith("gs://"):
+            from components.gcs import download
+            checked = download(source, Path(tmp) / "pipeline.pth")
+        elif not Path(source).is_file():
+            raise FileNotFoundError(f"model file not found: {source}")
+        else:
+            checked = Path(source)
+        check_pipeline(checked)
+        if checked.resolve() != out.resolve():
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(checked, out.with_name(out.name + ".partial"))
+            os.replace(out.with_name(out.name + ".partial"), out)
     return out

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from components.deploy import GROUP, MANAGED_BY, MODEL_FORMAT, RBAC_VERBS, CustomObjects, DeployError, DeploySpec, api_client
+from components.deploy import GROUP, MANAGED_BY, MODEL_FORMAT, RBAC_VERBS, CustomObjects, DeployError, DeploySpec
 from serving.container import HTTP_PORT, METRICS_PORT
 
 RUNTIME_VERSION = "v1alpha1"
@@ -234,7 +234,6 @@ def cluster_checks(spec: DeploySpec, client) -> list[ClusterCheck]:
     except (ApiException, OSError) as exc:
         return [ClusterCheck("API server", False, f"cannot list its API groups: {exc}",
                              "check --kubeconfig and the cluster's address")]
-    custom = k8s.CustomObjectsApi(client)
     kinds = {"inferenceservices": "v1beta1", "servingruntimes": RUNTIME_VERSION, "clusterservingruntimes": RUNTIME_VERSION}
     served = set()
     for version in sorted(set(kinds.values())):

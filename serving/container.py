@@ -161,12 +161,11 @@ def serve(argv: list[str]) -> int:
     info = prepare(model_store, ts_config, env)
     if not shutil.which("java"):
         raise ContainerError("java not found on PATH: TorchServe needs Java 11+ (the image installs openjdk-17)")
-    torchserve = shutil.which("torchserve", path=str(Path(sys.executable).parent)) or shutil.which("torchserve")
+    torchserve = torchserve_command()
     if not torchserve:
         raise ContainerError("torchserve not found next to this Python or on PATH: the image's set-up did not run")
     state = env["state_dir"]
-    run_env = {**os.environ, "TMPDIR": str(state / "tmp"), "TEMP": str(state / "tmp"), "TMP": str(state / "tmp"),
-               "LOG_LOCATION": str(state / "logs"), "METRICS_LOCATION": str(state / "logs")}
+    run_env = torchserve_env(state)
     print(f"platepipe serving: model {info['model']} from {model_store}, KServe v1/v2 and /predictions on "
           f"{info['inference_url']}, metrics on port {env['metrics_port']}", flush=True)
     proc = subprocess.Popen([torchserve, "--start", "--foreground", "--ncs", "--model-store", str(model_store),
@@ -191,6 +190,17 @@ def serve(argv: list[str]) -> int:
     _signal_group(proc.pid, signal.SIGKILL)  # the frontend died: take its workers with it
     print(f"platepipe serving: TorchServe exited with {code}; see {state / 'logs'}", file=sys.stderr, flush=True)
     return code or 1
+
+
+def torchserve_command() -> str | None:
+    """The torchserve launcher beside this Python (the venv's), else the one on PATH."""
+    return shutil.which("torchserve", path=str(Path(sys.executable).parent)) or shutil.which("torchserve")
+
+
+def torchserve_env(state: Path) -> dict:
+    """The environment TorchServe runs in: temp files (its pid file, sockets) and logs inside state."""
+    return {**os.environ, "TMPDIR": str(state / "tmp"), "TEMP": str(state / "tmp"), "TMP": str(state / "tmp"),
+            "LOG_LOCATION": str(state / "logs"), "METRICS_LOCATION": str(state / "logs")}
 
 
 def _signal_group(pgid: int, sig: int) -> None:

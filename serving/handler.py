@@ -205,6 +205,17 @@ def read_request(body, content_type: str | None) -> tuple[str, list]:
     return protocol, each(load_image)
 
 
+def _refusal(idx: int, exc: Exception) -> RequestError:
+    """The answer to a request that could not be read: its own RequestError, else a 413 for memory, else 400."""
+    if isinstance(exc, RequestError):
+        return exc
+    if isinstance(exc, MemoryError):
+        return RequestError("the request's images do not fit in the worker's memory: send fewer or smaller images",
+                            413)
+    logger.exception("request %d of the batch could not be read", idx)
+    return RequestError(f"the request could not be read ({type(exc).__name__}: {str(exc)[:200]})")
+
+
 def format_response(protocol: str, results: list[list[dict]], model_name: str, request_id: str | None):
     if protocol == "original":
         return {"response": results[0]}
@@ -246,20 +257,12 @@ class PlateHandler:
                 content_type = None
             try:
                 protocol, decoded = read_request(body, content_type)
-                parsed.append((protocol, len(images), len(decoded)))
-                images += decoded
-            except RequestError as exc:
-                errors[idx] = exc
-                parsed.append(None)
-            except MemoryError:
-                errors[idx] = RequestError("the request's images do not fit in the worker's memory: send fewer or "
-                                           "smaller images", 413)
-                parsed.append(None)
             except Exception as exc:  # whatever reading one request raises stays that request's answer
-                logger.exception("request %d of the batch could not be read", idx)
-                errors[idx] = RequestError(f"the request could not be read ({type(exc).__name__}: "
-                                           f"{str(exc)[:200]})")
+                errors[idx] = _refusal(idx, exc)
                 parsed.append(None)
+                continue
+            parsed.append((protocol, len(images), len(decoded)))
+            images += decoded
         logger.info("batch of %d request(s), %d image(s), %d refused", len(data), len(images), len(errors))
         results = self.reader.predict(images) if images else []
         responses = []

@@ -7,7 +7,6 @@ inside the file: no config on disk.
 from __future__ import annotations
 
 import json
-
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -14,14 +14,13 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from serving.container import with_settings, worker_states
+from serving.container import torchserve_command, torchserve_env, with_settings, worker_states
 
 STATE = "state.json"
 
@@ -108,7 +107,7 @@ def start(layout: str | Path, *, inference_port: int = 8085, management_port: in
         raise ServeError(f"{props_file} not found: point `platepipe serve` at a folder made by `platepipe archive`")
     if not shutil.which("java"):
         raise ServeError("java not found: TorchServe needs Java 11+ (Debian/Ubuntu: apt-get install openjdk-17-jre-headless)")
-    torchserve = shutil.which("torchserve", path=str(Path(sys.executable).parent)) or shutil.which("torchserve")
+    torchserve = torchserve_command()
     if not torchserve:
         raise ServeError("torchserve not found: run `make setup`")
     ports = {"inference": inference_port, "management": management_port, "metrics": metrics_port,
@@ -129,7 +128,7 @@ def start(layout: str | Path, *, inference_port: int = 8085, management_port: in
                     inference_url=f"http://127.0.0.1:{ports['inference']}",
                     management_url=f"http://127.0.0.1:{ports['management']}",
                     metrics_url=f"http://127.0.0.1:{ports['metrics']}", state_dir=state_dir)
-    env = {**_env(state_dir), **(env or {})}
+    env = {**torchserve_env(state_dir), **(env or {})}
     log = open(state_dir / "torchserve.out", "wb")
     subprocess.run([torchserve, "--start", "--ncs", "--model-store", str(layout / "model-store"),
                     "--ts-config", str(state_dir / "config.properties")],
@@ -152,13 +151,6 @@ def write_private(path: Path, text: str) -> None:
         f.write(text)
     os.chmod(tmp, 0o600)
     os.replace(tmp, path)
-
-
-def _env(state_dir: Path) -> dict:
-    env = dict(os.environ)
-    env.update(TMPDIR=str(state_dir / "tmp"), TEMP=str(state_dir / "tmp"), TMP=str(state_dir / "tmp"),
-               LOG_LOCATION=str(state_dir / "logs"), METRICS_LOCATION=str(state_dir / "logs"))
-    return env
 
 
 def _read_pid(state_dir: Path) -> int | None:
@@ -246,9 +238,9 @@ def stop(layout: str | Path, timeout: float = 60) -> bool:
     server = running(layout)
     if server is None:
         return False
-    torchserve = shutil.which("torchserve", path=str(Path(sys.executable).parent)) or shutil.which("torchserve")
+    torchserve = torchserve_command()
     if torchserve and _alive(server.pid):
-        subprocess.run([torchserve, "--stop"], cwd=server.state_dir, env=_env(server.state_dir),
+        subprocess.run([torchserve, "--stop"], cwd=server.state_dir, env=torchserve_env(server.state_dir),
                        capture_output=True, timeout=timeout, check=False)
     deadline = time.monotonic() + timeout
     while _alive(server.pid) and time.monotonic() < deadline:
