@@ -59,11 +59,11 @@ def main() -> None:
     work = Path(args.work)
     if args.from_run:
         adopt_run(Path(args.from_run), work)
-    from components.data import DataSpec, generate
-    from components.evaluate import evaluate
-    from components.train import TrainSpec, train
-    from serving.images import read_image_file
-    from serving.reader import PlateReader
+    from platepipe.components.data import DataSpec, generate
+    from platepipe.components.evaluate import evaluate
+    from platepipe.components.train import TrainSpec, train
+    from platepipe.serving.images import read_image_file
+    from platepipe.serving.reader import PlateReader
 
     data = work / "data"
     if not (data / "dataset.json").exists():

@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from components.data import DataSpec, generate
+from platepipe.components.data import DataSpec, generate
 
 
 def main() -> None:

@@ -25,8 +25,8 @@ def main() -> None:
 
     import cv2
 
-    from serving.images import read_image_file
-    from serving.reader import PlateReader
+    from platepipe.serving.images import read_image_file
+    from platepipe.serving.reader import PlateReader
 
     files = sorted(p for p in args.images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:args.n]
     if not files:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 def kind_of(truth: dict, boxes: list, reads: list[dict]) -> tuple[str, float]:
     """What happened to one labelled plate, and the best IoU of a plate box with its label."""
-    from serving.plates import iou
+    from platepipe.serving.plates import iou
 
     best = max((iou(truth["bbox"], b.bbox) for b in boxes), default=0.0)
     read = max(reads, key=lambda r: iou(r["bbox"], truth["bbox"]), default=None)
@@ -44,9 +44,9 @@ def main() -> None:
     parser.add_argument("--set", default="", help="folder inside DATA holding test.json (e.g. ood/original)")
     args = parser.parse_args()
 
-    from components.evaluate import truth_plates
-    from serving.images import read_image_file
-    from serving.reader import PlateReader
+    from platepipe.components.evaluate import truth_plates
+    from platepipe.serving.images import read_image_file
+    from platepipe.serving.reader import PlateReader
 
     reader = PlateReader.from_file(args.model)
     reader.keep_partial = True  # partial reads too, to tell them from plates never boxed

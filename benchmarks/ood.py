@@ -36,9 +36,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=500)
     args = parser.parse_args()
 
-    from components.data import DataSpec, generate
-    from components.evaluate import evaluate
-    from pipeline.config import load_config
+    from platepipe.components.data import DataSpec, generate
+    from platepipe.components.evaluate import evaluate
+    from platepipe.pipeline.config import load_config
 
     data = args.work / f"data-{args.seed}-{args.images}"
     if not (data / "dataset.json").exists():

@@ -135,9 +135,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=120)
     args = parser.parse_args()
 
-    from components.archive import ServingSpec, archive
-    from pipeline.config import load_config
-    from serving import server
+    from platepipe.components.archive import ServingSpec, archive
+    from platepipe.pipeline.config import load_config
+    from platepipe.components import local_server as server
 
     cfg = load_config().serving
     layout = args.work / "layout"
@@ -191,7 +191,7 @@ def main() -> None:
 
         # the worst request the limits allow: flat-colour PNGs (a few KB each, so the body is small) holding as
         # many pixels as the pixel and decoded-memory budgets let through, in as many images as allowed
-        from serving.images import decoded_bytes
+        from platepipe.serving.images import decoded_bytes
         n = cfg.max_images_per_request
         per_pixel = decoded_bytes(1, 1, "RGB")
         side = int((min(cfg.max_request_pixels, cfg.max_request_decoded_mb * 2**20 // per_pixel) / n) ** 0.5)

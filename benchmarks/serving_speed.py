@@ -27,8 +27,8 @@ def percentile(values: list[float], q: float) -> float:
 
 def in_process(model: Path, jpegs: list[bytes], batch: int, repeats: int) -> float:
     """Images per second: decode + batched inference, the median of `repeats` passes."""
-    from serving.images import load_image
-    from serving.reader import PlateReader
+    from platepipe.serving.images import load_image
+    from platepipe.serving.reader import PlateReader
 
     reader = PlateReader.from_file(model)
     reader.predict([load_image(jpegs[0])])  # warm-up
@@ -42,7 +42,7 @@ def in_process(model: Path, jpegs: list[bytes], batch: int, repeats: int) -> flo
 
 
 def load(endpoint, jpegs: list[bytes], clients: int, rounds: int) -> dict:
-    from serving import client
+    from platepipe.components import client
 
     bodies = [client.body_for(endpoint, [j]) for j in jpegs]
     work = [bodies[i % len(bodies)] for i in range(len(bodies) * rounds)]
@@ -70,9 +70,9 @@ def main() -> None:
     args = parser.parse_args()
     import cv2
 
-    from components.archive import ServingSpec, archive
-    from components.data import DataSpec, generate
-    from serving import client, server
+    from platepipe.components.archive import ServingSpec, archive
+    from platepipe.components.data import DataSpec, generate
+    from platepipe.components import client, local_server as server
 
     work = Path(args.work)
     data = work / "photos"

@@ -43,7 +43,7 @@ def block(stage: str, data: Path, steps: int, setup: str) -> list[float]:
     from mmengine.hooks import Hook
     from mmengine.runner import Runner
 
-    from components.train import TrainSpec, _stage_cfg, fast_layers, runner_config, trusted_checkpoints
+    from platepipe.components.train import TrainSpec, _stage_cfg, fast_layers, runner_config, trusted_checkpoints
 
     times: list[float] = []
 
@@ -96,7 +96,7 @@ def main() -> None:
 
     import torch
 
-    import components.mm_parts  # noqa: F401  registers the project's parts
+    import platepipe.components.mm_parts  # noqa: F401  registers the project's parts
     from mmdet.utils import register_all_modules
 
     torch.set_num_threads(args.threads)

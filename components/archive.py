@@ -3,8 +3,9 @@
     OUT/model-store/pipeline.mar
     OUT/config/config.properties
 
-the layout KServe's pytorch predictor mounts at /mnt/models. The .mar carries its own copy of the
-serving package, so the handler runs the code it was archived with.
+the layout KServe's pytorch predictor mounts at /mnt/models. The .mar carries the whole serving package
+(as `platepipe_serving`, a name nothing installed claims) and a one-line top-level handler module that
+TorchServe loads, so the handler runs the code it was archived with.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
-LIMITS_FILE = "limits.json"  # serving/handler.py reads it (Limits): what one request may ask of the worker
-SERVING_MODULES = ("__init__.py", "labels.py", "plates.py", "crops.py", "images.py", "layers.py", "reader.py")
+from platepipe.serving.handler import LIMITS_FILE  # what one request may ask of the worker (handler.Limits)
+
+ARCHIVED_PACKAGE = "platepipe_serving"
+HANDLER_MODULE = f"from {ARCHIVED_PACKAGE}.handler import handle  # noqa: F401  TorchServe calls handle(data, context)\n"
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,7 @@ def config_properties(spec: ServingSpec) -> str:
         "defaultVersion": True, "marName": f"{spec.model_name}.mar", "minWorkers": spec.workers_per_model,
         "maxWorkers": spec.workers_per_model, "batchSize": spec.batch_size, "maxBatchDelay": spec.max_batch_delay_ms,
         "responseTimeout": spec.response_timeout_s}}}}
-    template = (files("configs") / "config.properties").read_text()
+    template = (files("platepipe.configs") / "config.properties").read_text()
     return template.format(
         bind_address=spec.bind_address, inference_port=spec.inference_port, management_port=spec.management_port,
         metrics_port=spec.metrics_port, grpc_inference_port=spec.inference_port + 1000 - 15,
@@ -73,7 +76,7 @@ def properties_keys(text: str) -> list[str]:
 
 def archive(model: str | Path, out_dir: str | Path, spec: ServingSpec = ServingSpec(), version: str = "1.0") -> Path:
     """Write OUT/model-store/<name>.mar and OUT/config/config.properties; return OUT."""
-    from serving.reader import check_pipeline
+    from platepipe.serving.reader import check_pipeline
 
     model, out_dir = Path(model), Path(out_dir)
     check_pipeline(model)  # refuse anything serving could not load (digest, both stages built)
@@ -82,14 +85,12 @@ def archive(model: str | Path, out_dir: str | Path, spec: ServingSpec = ServingS
     archiver = shutil.which("torch-model-archiver", path=str(Path(sys.executable).parent)) or shutil.which("torch-model-archiver")
     if not archiver:
         raise FileNotFoundError("torch-model-archiver not found: run `make setup` (it installs torch-model-archiver 0.12)")
-    serving_dir = Path(__file__).resolve().parents[1] / "serving"
+    serving_dir = Path(files("platepipe.serving"))
     with tempfile.TemporaryDirectory(prefix="platepipe-archive-") as tmp:
         tmp = Path(tmp)
-        package = tmp / "extra" / "serving"
-        package.mkdir(parents=True)
-        for name in SERVING_MODULES:
-            shutil.copy2(serving_dir / name, package / name)
-        shutil.copy2(serving_dir / "handler.py", tmp / "handler.py")
+        shutil.copytree(serving_dir, tmp / "extra" / ARCHIVED_PACKAGE,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        (tmp / "handler.py").write_text(HANDLER_MODULE)
         (tmp / "extra" / LIMITS_FILE).write_text(json.dumps({
             "images": spec.max_images_per_request, "pixels": spec.max_request_pixels,
             "decoded_mb": spec.max_request_decoded_mb}))

@@ -55,8 +55,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from components.styles import OOD_SETS, STYLES, TRAIN_STYLES
-from serving.labels import CLASSES, DIGITS, LETTERS, category_id
+from platepipe.components.styles import OOD_SETS, STYLES, TRAIN_STYLES
+from platepipe.serving.labels import CLASSES, DIGITS, LETTERS, category_id
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 SPLITS = ("train", "val", "test")

@@ -77,7 +77,7 @@ class DeploySpec:
     name: str = "platepipe"
     namespace: str = "default"
     protocol: str = "v1"                   # KServe protocolVersion: v1 | v2
-    image: Optional[str] = None            # serving image (serving/Dockerfile); required where platepipe keeps the runtime
+    image: Optional[str] = None            # serving image (the Dockerfile); required where platepipe keeps the runtime
     runtime: str = "platepipe-torchserve"  # the ServingRuntime the InferenceService names (components/runtime.py)
     runtime_kind: str = "ServingRuntime"   # ServingRuntime (namespaced) | ClusterServingRuntime (an admin's)
     manage_runtime: bool = True            # deploy creates/updates the runtime; False: check the one you keep
@@ -457,7 +457,7 @@ def deploy(spec: DeploySpec, *, api_client=None, kubeconfig=None, poll_s: float 
     """Create or update the InferenceService, wait until it is Ready and return its endpoint. When it does not
     become Ready, put the previous spec back (or delete what was created) and raise DeployError. First the
     image, the permissions and the runtime (components.runtime.prepare)."""
-    from components import runtime
+    from platepipe.components import runtime
 
     client = _client(api_client, kubeconfig)
     runtime.prepare(spec, client, log)

@@ -20,9 +20,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from serving.labels import CLASSES, PLATE_TYPES, category_id
-from serving.plates import Detection, decode, iou
-from serving.reader import CHAR_SCORE, PLATE_SCORE
+from platepipe.serving.labels import CLASSES, PLATE_TYPES, category_id
+from platepipe.serving.plates import Detection, decode, iou
+from platepipe.serving.reader import CHAR_SCORE, PLATE_SCORE
 
 SIZE_BUCKETS = ((0, 120, "small (<120 px)"), (120, 240, "medium (120-240 px)"), (240, 480, "large (240-480 px)"),
                 (480, 1e9, "huge (>=480 px)"))
@@ -119,7 +119,7 @@ def evaluate(model, data_dir: str | Path, out_dir: str | Path, split: str = "tes
     OUT/metrics.json and OUT/report.html; return the metrics (the split's, with each set's under "ood").
 
     model: a pipeline.pth path, or any object with predict(images) -> [ImageResult] (a PlateReader)."""
-    from serving.reader import PlateReader
+    from platepipe.serving.reader import PlateReader
 
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     coco_file = data_dir / f"{split}.json"
@@ -169,7 +169,7 @@ def evaluate_set(reader, data_dir: Path, coco_file: Path, name: str, iou_thresho
     """The figures of one COCO file (images relative to data_dir) and every plate case, right or wrong."""
     from tqdm import tqdm
 
-    from serving.images import read_image_file
+    from platepipe.serving.images import read_image_file
 
     coco = json.loads(coco_file.read_text())
     if not coco["images"]:

@@ -17,8 +17,8 @@ from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from serving.labels import CLASSES, LETTERS, MAIN_PATTERN, SUB_PATTERN
-from serving.reader import FORMAT, STAGES, check_pipeline, load_pipeline, weights_digest
+from platepipe.serving.labels import CLASSES, LETTERS, MAIN_PATTERN, SUB_PATTERN
+from platepipe.serving.reader import FORMAT, STAGES, check_pipeline, load_pipeline, weights_digest
 
 
 
@@ -127,7 +127,7 @@ def fetch(source: str, out_dir: str | Path) -> Path:
     out = Path(out_dir) / "pipeline.pth"
     with tempfile.TemporaryDirectory(prefix="platepipe-fetch-") as tmp:
         if source.startswith("gs://"):
-            from components.gcs import download
+            from platepipe.components.gcs import download
             checked = download(source, Path(tmp) / "pipeline.pth")
         elif not Path(source).is_file():
             raise FileNotFoundError(f"model file not found: {source}")

@@ -17,8 +17,8 @@ import json
 import shutil
 from pathlib import Path
 
-from components.data import SPLITS, coco_categories, fingerprint
-from serving.labels import CLASSES, category_id
+from platepipe.components.data import SPLITS, coco_categories, fingerprint
+from platepipe.serving.labels import CLASSES, category_id
 
 
 def _split_name(name: str, seed: int, split: tuple[float, float, float]) -> str:
@@ -101,7 +101,7 @@ def prepare(source: str, out_dir: str | Path, fmt: str = "auto", seed: int = 0,
     try:
         folder = Path(source)
         if source.startswith("gs://"):
-            from components.gcs import download_prefix
+            from platepipe.components.gcs import download_prefix
             folder = download_prefix(source, work / "download")
         elif not folder.is_dir():
             raise FileNotFoundError(f"labelled data folder not found: {source}")

@@ -37,11 +37,11 @@ from mmengine.hooks import Hook
 from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
 from mmengine.runner import IterBasedTrainLoop
 
-from configs.model import READER_CLASSES
-from serving.crops import crop_plate, read_window, to_crop
-from serving.labels import CLASSES, PLATE_TYPES
-from serving.plates import Detection, decode
-from serving.reader import CHAR_SCORE
+from platepipe.configs.model import READER_CLASSES
+from platepipe.serving.crops import crop_plate, read_window, to_crop
+from platepipe.serving.labels import CLASSES, PLATE_TYPES
+from platepipe.serving.plates import Detection, decode
+from platepipe.serving.reader import CHAR_SCORE
 
 
 def _inside(inner: list[float], outer: list[float]) -> bool:

@@ -9,8 +9,8 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from serving.images import BadImage, read_image_file
-from serving.plates import format_plate
+from platepipe.serving.images import BadImage, read_image_file
+from platepipe.serving.plates import format_plate
 
 GREEN, RED = (60, 200, 60), (40, 40, 230)
 
@@ -38,7 +38,7 @@ def draw_plates(img: np.ndarray, plates: list[dict], truth: list[dict] | None = 
 def predict_files(paths: list[str], model: str, draw_dir: str | None = None, device: str = "auto",
                   batch: int = 4) -> Iterator[dict]:
     """Yield {"image": path, "response": [plates]} or {"image": path, "error": message} per file."""
-    from serving.reader import PlateReader
+    from platepipe.serving.reader import PlateReader
 
     reader = PlateReader.from_file(model, device=device)
     if draw_dir:

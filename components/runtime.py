@@ -5,7 +5,7 @@
     preflight(spec, client)           SelfSubjectAccessReview for every verb the deploy will use
     cluster_checks(spec, client)      what `platepipe doctor --cluster` reports: CRDs, runtime, RBAC, GPUs, storage
 
-The runtime's one container is the image serving/Dockerfile builds: its entrypoint (serving/entrypoint.sh,
+The runtime's one container is the image the Dockerfile builds: its entrypoint (serving/entrypoint.sh,
 see serving/container.py) runs TorchServe on the layout KServe's storage initializer writes to /mnt/models,
 answering v1, v2 and /predictions on port 8080. Readiness is the entrypoint's `ready` (every worker of the
 model READY), not TorchServe's /ping. The InferenceService names the runtime (predictor.model.runtime) and
@@ -17,12 +17,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from components.deploy import GROUP, MANAGED_BY, MODEL_FORMAT, RBAC_VERBS, CustomObjects, DeployError, DeploySpec
-from serving.container import HTTP_PORT, METRICS_PORT
+from platepipe.components.deploy import GROUP, MANAGED_BY, MODEL_FORMAT, RBAC_VERBS, CustomObjects, DeployError, DeploySpec
+from platepipe.serving.container import HTTP_PORT, METRICS_PORT
 
 RUNTIME_VERSION = "v1alpha1"
 KINDS = {"ServingRuntime": "servingruntimes", "ClusterServingRuntime": "clusterservingruntimes"}
-ENTRYPOINT = "/usr/local/bin/platepipe-entrypoint"    # serving/entrypoint.sh in the image (serving/Dockerfile)
+ENTRYPOINT = "/usr/local/bin/platepipe-entrypoint"    # serving/entrypoint.sh in the image (the Dockerfile)
 MODEL_DIR = "/mnt/models"                             # where KServe's storage initializer puts the storageUri
 ARGS = [f"--model-store={MODEL_DIR}/model-store", f"--ts-config={MODEL_DIR}/config/config.properties"]
 USER_ID = 1000                                        # model-server, the image's user
@@ -40,7 +40,7 @@ def usable_image(image: str | None, setting: str, build: str) -> str:
     return image.strip()
 
 
-BUILD_SERVING = "build and push the serving image (`make images REGISTRY=...`, serving/Dockerfile)"
+BUILD_SERVING = "build and push the serving image (`make images REGISTRY=...`, the Dockerfile)"
 
 
 def runtime_manifest(spec: DeploySpec) -> dict:

@@ -9,7 +9,7 @@ your own listed in a YAML file (`smoke.user_images`):
     - {image: photos/boxed.jpg, plates: ["38D4831"], boxes: [[412, 300, 572, 334]]}  # x1, y1, x2, y2
     - {image: photos/empty.jpg, plates: []}                                  # must read no plate
 
-Paths are relative to the YAML file. Each image goes in its own request, through serving.client (which
+Paths are relative to the YAML file. Each image goes in its own request, through components.client (which
 shrinks images over the request limit and retries 502/503/504), in the configured protocol.
 
 Checks, per image:
@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from serving.labels import DIGITS, LETTERS, PLATE_TYPES
+from platepipe.serving.labels import DIGITS, LETTERS, PLATE_TYPES
 
 DEFAULT_SEED = 4831
 IOU_THRESHOLD = 0.5
@@ -105,15 +105,15 @@ class Result:
 def smoke_spec(n_images: int, seed: int = DEFAULT_SEED, style: str = "stamped"):
     """The synthetic images: every one with plates, in one style, on real photos, about 1280 px, plates large
     enough to read."""
-    from components.data import DataSpec
+    from platepipe.components.data import DataSpec
     return DataSpec(n_images=n_images, seed=seed, min_size=1152, max_size=1344, plate_width_min=160,
                     plate_width_max=360, split=(1.0, 0.0, 0.0), empty_fraction=0.0, procedural_fraction=0.0,
                     styles=((style, 1.0),))
 
 
 def _generated(folder: Path, spec, source: str, prefix: str = "") -> list[Sample]:
-    from components.data import generate
-    from components.evaluate import truth_plates
+    from platepipe.components.data import generate
+    from platepipe.components.evaluate import truth_plates
 
     generate(folder, spec, workers=1, progress=False)
     coco = json.loads((folder / "train.json").read_text())
@@ -379,7 +379,7 @@ def pair(truth: list[dict], reads: list, iou_threshold: float = IOU_THRESHOLD) -
 
     By IoU of the boxes where the labels have boxes (reads without a usable bbox then go by string), else
     by plate string: exact first, then the most characters in place (at least 4 of 7)."""
-    from components.evaluate import match
+    from platepipe.components.evaluate import match
 
     paired: dict[int, int] = {}
     left = list(range(len(reads)))
@@ -414,7 +414,7 @@ def check(sample: Sample, got: list) -> Result:
             hint = ""
             twins = [j for j in extra if read_text(dicts[j]) == t["text"]]
             if twins and t.get("bbox") and _box(dicts[twins[0]]):
-                from serving.plates import iou
+                from platepipe.serving.plates import iou
                 hint = (f" (a read of {t['text']} came back at {list(_box(dicts[twins[0]]))}, IoU "
                         f"{iou(t['bbox'], _box(dicts[twins[0]])):.2f} with the labelled box)")
             result.problems.append(f"{show_truth(t)}: missing{hint}")
@@ -434,10 +434,10 @@ def check(sample: Sample, got: list) -> Result:
 def smoke_test(endpoint, out_dir: str | Path, n_images: int = 8, seed: int = DEFAULT_SEED,
                user_images: str | Path | None = None, timeout: float = 60,
                echo: Callable[[str], None] | None = None) -> dict:
-    """Post the smoke images to `endpoint` (a serving.client.Endpoint), check every answer, write
+    """Post the smoke images to `endpoint` (a components.client.Endpoint), check every answer, write
     OUT/smoke.json and OUT/smoke.html; return the summary, or raise SmokeTestFailed (its .summary is the same
     dict) when anything is wrong. UserImagesError (a ValueError) when the user images file is malformed."""
-    from serving import client
+    from platepipe.components import client
 
     out_dir = Path(out_dir)
     users = load_user_images(user_images) if user_images else []

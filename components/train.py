@@ -30,9 +30,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.export import checkpoint_weights, export, trusted_checkpoints
-from configs.model import PRESETS, stage_config
-from serving.labels import PLATE_TYPES
+from platepipe.components.export import checkpoint_weights, export, trusted_checkpoints
+from platepipe.configs.model import PRESETS, stage_config
+from platepipe.serving.labels import PLATE_TYPES
 
 STAGES = ("detector", "reader")
 BEST_METRIC = {"detector": "coco/bbox_mAP", "reader": "plate/eir"}
@@ -110,7 +110,7 @@ def bf16(precision: str) -> bool:
     device computes bfloat16 natively (serving.reader.native_bf16): elsewhere it is emulated and slower."""
     import torch
 
-    from serving.reader import native_bf16
+    from platepipe.serving.reader import native_bf16
 
     if precision in ("bf16", "fp32"):
         return precision == "bf16"
@@ -191,7 +191,7 @@ def runner_config(stage: str, cfg: dict, data_dir: Path, work_dir: Path, spec: T
 def ema_hook(iters: int) -> dict:
     """An exponential moving average of the weights, used for validation and saved as the checkpoint's weights
     (components.mm_parts.ema_momentum: at the end it averages over the last sixth of the schedule)."""
-    from components.mm_parts import ema_momentum
+    from platepipe.components.mm_parts import ema_momentum
 
     momentum, gamma = ema_momentum(iters)
     return dict(type="EMAHook", ema_type="FastExpMomentumEMA", momentum=momentum, gamma=gamma, update_buffers=True,
@@ -204,7 +204,7 @@ def train_stage(stage: str, data_dir: Path, out_dir: Path, spec: TrainSpec, nega
     """Train one stage; return its model config, its best checkpoint and its best validation metrics.
     negatives: the reader's negatives file (it may appear during the training); hooks: more Hook objects;
     budget_min, deadline: see runner_config."""
-    import components.mm_parts  # noqa: F401  registers the project's dataset, transform, metric and hooks
+    import platepipe.components.mm_parts  # noqa: F401  registers the project's dataset, transform, metric and hooks
     from mmdet.utils import register_all_modules
     from mmengine.config import Config
     from mmengine.runner import Runner
@@ -239,7 +239,7 @@ def fast_layers(model) -> None:
     benchmarks/train_step.py, docs/BENCHMARKS.md."""
     import torch
 
-    from serving.layers import depthwise_in_float32
+    from platepipe.serving.layers import depthwise_in_float32
 
     depthwise_in_float32(model)
     model.to(memory_format=torch.channels_last)
@@ -305,7 +305,7 @@ def _train_at_once(data_dir: Path, out_dir: Path, spec: TrainSpec, negatives: Pa
 
     import torch
 
-    from components.mm_parts import DetectorWatchHook
+    from platepipe.components.mm_parts import DetectorWatchHook
 
     cores = cpu_cores()
     det_threads = max(1, cores // 2)
@@ -316,7 +316,7 @@ def _train_at_once(data_dir: Path, out_dir: Path, spec: TrainSpec, negatives: Pa
     env = dict(os.environ, OMP_NUM_THREADS=str(det_threads), PYTHONUNBUFFERED="1")
     print(f"training both stages at once: the detector on {det_threads} of {cores} cores, the reader on the rest",
           flush=True)
-    child = subprocess.Popen([sys.executable, "-m", "components.train", json.dumps(job)], env=env, text=True,
+    child = subprocess.Popen([sys.executable, "-m", "platepipe.components.train", json.dumps(job)], env=env, text=True,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=1)
     relays = [_relay(child.stdout, lambda: sys.stdout), _relay(child.stderr, lambda: sys.stderr)]
     before = torch.get_num_threads()
@@ -367,7 +367,7 @@ def _detector_job(job: dict) -> None:
     stops when its parent is gone (killed), so that no training is left behind."""
     import torch
 
-    from components.mm_parts import MineNegativesHook
+    from platepipe.components.mm_parts import MineNegativesHook
 
     torch.set_num_threads(job["threads"])
     parent = job["parent"]
@@ -397,8 +397,8 @@ def mine_negatives(cfg: dict, weights, data_dir: Path, out_file: Path, seed: int
     import numpy as np
     import torch
 
-    from components.mm_parts import read_image
-    from serving.reader import build_model, infer_size, native_bf16, resize_long, run_model
+    from platepipe.components.mm_parts import read_image
+    from platepipe.serving.reader import build_model, infer_size, native_bf16, resize_long, run_model
 
     if out_file.is_file():
         return out_file

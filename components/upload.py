@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from components.gcs import GcsError, client, explain, parse_uri
+from platepipe.components.gcs import GcsError, client, explain, parse_uri
 
 MANIFEST = "platepipe-version.json"
 CLAIM = ".uploading"  # held while an upload writes the version: one upload of a version at a time

@@ -14,7 +14,7 @@ import warnings
 import time
 from pathlib import Path
 
-from pipeline.config import Config, ConfigError, dump_config, load_config
+from platepipe.pipeline.config import Config, ConfigError, dump_config, load_config
 
 EPILOG = """Every command takes --config FILE (YAML, only the keys you change) and --set KEY=VALUE
 (repeatable, e.g. --set train.max_iters=200). Defaults: configs/default.yaml."""
@@ -288,7 +288,7 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from components import data
+    from platepipe.components import data
     out = Path(args.out)
     if args.preview and (out / "dataset.json").exists():
         print(f"preview: {data.preview(out, out / 'preview.png')}")
@@ -311,7 +311,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from components import export, train
+    from platepipe.components import export, train
     cfg = _load(args)
     source = args.model or cfg.model.pretrained
     if source:
@@ -336,7 +336,7 @@ def _training_data(source: str, prepared: Path, cfg: Config) -> Path:
     if (prepared / "dataset.json").is_file():
         print(f"using the data prepared earlier in {prepared}")
         return prepared
-    from components import labelled
+    from platepipe.components import labelled
     d = cfg.data
     out = labelled.prepare(source, prepared, fmt=d.format, seed=d.seed, split=(d.split_train, d.split_val, d.split_test))
     print(f"prepared {source} as a data set in {out}")
@@ -349,7 +349,7 @@ def _select_device(device: str) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from components.evaluate import evaluate, gate_eir, set_lines
+    from platepipe.components.evaluate import evaluate, gate_eir, set_lines
     cfg = _load(args)
     ev = cfg.evaluate
     metrics = evaluate(args.model, args.data, args.out, split=args.split, plate_score=ev.plate_score, char_score=ev.char_score,
@@ -372,7 +372,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from components.predict import predict_files, show
+    from platepipe.components.predict import predict_files, show
     cfg = _load(args)
     failed = 0
     for record in predict_files(args.images, args.model, draw_dir=args.draw, device=cfg.model.device):
@@ -382,7 +382,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_archive(args: argparse.Namespace) -> int:
-    from components.archive import ServingSpec, archive
+    from platepipe.components.archive import ServingSpec, archive
     cfg = _load(args)
     spec = ServingSpec.from_config(cfg.serving, bind_address="0.0.0.0", token_auth=False)
     out = archive(args.model, args.out, spec, version=args.version)
@@ -391,7 +391,7 @@ def cmd_archive(args: argparse.Namespace) -> int:
 
 
 def cmd_upload(args: argparse.Namespace) -> int:
-    from components import upload
+    from platepipe.components import upload
     g = _load(args).gcs
     if args.list is not None:
         if args.layout:
@@ -420,7 +420,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    from components import deploy
+    from platepipe.components import deploy
     d = _load(args).deploy
     name, namespace = args.name or d.name, args.namespace or d.namespace
     if args.status:
@@ -438,7 +438,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     spec = deploy.DeploySpec.from_config(d, args.storage_uri, name=args.name, namespace=args.namespace,
                                          protocol=args.protocol, timeout_s=args.timeout, image=args.image)
     if args.dry_run:
-        from components.runtime import runtime_manifest
+        from platepipe.components.runtime import runtime_manifest
         docs = [deploy.manifest(spec)]
         if spec.manage_runtime or spec.image:
             docs.insert(0, runtime_manifest(spec))
@@ -454,7 +454,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from serving import server
+    from platepipe.components import local_server as server
     served = Path(_state_home()) / "served.json"
     known = json.loads(served.read_text()) if served.exists() else []
     if args.stop:
@@ -493,8 +493,8 @@ def _state_home() -> str:
 
 
 def cmd_request(args: argparse.Namespace) -> int:
-    from serving import client
-    from serving.plates import format_plate
+    from platepipe.components import client
+    from platepipe.serving.plates import format_plate
     cfg = _load(args)
     endpoint = _endpoint(args, cfg, args.protocol or (cfg.deploy.protocol if args.isvc else "original"))
     max_bytes = int(args.max_mb * 1024 * 1024)
@@ -532,13 +532,13 @@ def _endpoint_arguments(p: argparse.ArgumentParser, protocol_help: str) -> None:
 def _endpoint(args: argparse.Namespace, cfg: Config, protocol: str):
     """The client Endpoint of --url, or of --isvc NAME [-n NS] (URL and Host header from the InferenceService's
     status), with --model-name, --token / --token-file and --host."""
-    from serving import client
+    from platepipe.components import client
     token = args.token
     if args.token_file:
         token = json.loads(Path(args.token_file).read_text())["inference"]["key"]
     url, host = args.url, args.host
     if args.isvc:
-        from components import deploy
+        from platepipe.components import deploy
         d = cfg.deploy
         url, isvc_host = deploy.endpoint_for(args.isvc, args.namespace or d.namespace, kubeconfig=args.kubeconfig,
                                              ingress_host=d.ingress_host, ingress_port=d.ingress_port)
@@ -548,7 +548,7 @@ def _endpoint(args: argparse.Namespace, cfg: Config, protocol: str):
 
 
 def cmd_smoke_test(args: argparse.Namespace) -> int:
-    from components.smoke_test import SmokeTestFailed, smoke_test
+    from platepipe.components.smoke_test import SmokeTestFailed, smoke_test
     cfg = _load(args)
     s = cfg.smoke
     endpoint = _endpoint(args, cfg, args.protocol or s.protocol or cfg.deploy.protocol)
@@ -569,12 +569,12 @@ def cmd_smoke_test(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pipeline.local_run import run_local
+    from platepipe.pipeline.local_run import run_local
     return run_local(_load(args), args.out, keep_serving=args.keep_serving)
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    from pipeline.pipeline import check_images, compile_pipeline
+    from platepipe.pipeline.pipeline import check_images, compile_pipeline
     cfg = _load(args)
     check_images(cfg, args.allow_placeholder_images)
     path = compile_pipeline(cfg, args.output)
@@ -586,8 +586,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
 @contextlib.contextmanager
 def _pipeline_package(args: argparse.Namespace, cfg: Config):
     """--package FILE, or the pipeline compiled now from the configuration into a temporary folder."""
-    from pipeline import kfp_client
-    from pipeline.pipeline import check_images, compile_pipeline, package_images
+    from platepipe.pipeline import kfp_client
+    from platepipe.pipeline.pipeline import check_images, compile_pipeline, package_images
     if args.package:
         package = kfp_client.load_package(args.package)
         check_images(None, args.allow_placeholder_images, package_images(package.spec))
@@ -601,7 +601,7 @@ def _pipeline_package(args: argparse.Namespace, cfg: Config):
 @contextlib.contextmanager
 def _run_source(args: argparse.Namespace, cfg: Config):
     """(source, connection) for submit/schedule; the package's parameters are checked before connecting."""
-    from pipeline import kfp_client
+    from platepipe.pipeline import kfp_client
     if args.pipeline_version and args.package:
         raise ValueError("give --package FILE or --pipeline-version V, not both")
     params = kfp_client.parse_param_args(args.params)
@@ -615,12 +615,12 @@ def _run_source(args: argparse.Namespace, cfg: Config):
 
 
 def _kfp_connect(args: argparse.Namespace, cfg: Config):
-    from pipeline import kfp_client
+    from platepipe.pipeline import kfp_client
     return kfp_client.connect(args.host or cfg.kfp.host, namespace=args.namespace, token=args.token)
 
 
 def cmd_upload_pipeline(args: argparse.Namespace) -> int:
-    from pipeline import kfp_client
+    from platepipe.pipeline import kfp_client
     cfg = _load(args)
     with _pipeline_package(args, cfg) as package:
         kfp = _kfp_connect(args, cfg)
@@ -633,7 +633,7 @@ def cmd_upload_pipeline(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from pipeline import kfp_client
+    from platepipe.pipeline import kfp_client
     cfg = _load(args)
     experiment = args.experiment or cfg.kfp.experiment
     with _run_source(args, cfg) as (source, params, kfp):
@@ -654,7 +654,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:
-    from pipeline import kfp_client
+    from platepipe.pipeline import kfp_client
     cfg = _load(args)
     experiment = args.experiment or cfg.kfp.experiment
     if args.list or args.delete:
@@ -697,7 +697,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     if args.cluster:
         return _doctor_cluster(args)
-    from pipeline import doctor
+    from platepipe.pipeline import doctor
     results = doctor.run_checks()
     print(doctor.report(results))
     if doctor.healthy(results):
@@ -708,7 +708,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def _doctor_cluster(args: argparse.Namespace) -> int:
-    from components import deploy, runtime
+    from platepipe.components import deploy, runtime
     cfg = _load(args)
     bucket = cfg.gcs.bucket or "BUCKET"
     spec = deploy.DeploySpec.from_config(cfg.deploy, f"gs://{bucket}/{cfg.gcs.prefix}", namespace=args.namespace)

@@ -31,7 +31,7 @@ from typing import Any, Literal, Optional, Sequence, Union
 
 import yaml
 
-from components.styles import OOD_SETS, STYLES
+from platepipe.components.styles import OOD_SETS, STYLES
 
 
 class ConfigError(ValueError):
@@ -509,11 +509,11 @@ def _read_yaml(path: Path) -> Any:
 
 def default_config_path() -> Path:
     """configs/default.yaml, found through the installed `configs` package."""
-    return Path(str(files("configs") / "default.yaml"))
+    return Path(str(files("platepipe.configs") / "default.yaml"))
 
 
 def _defaults() -> dict:
-    return _parse_yaml((files("configs") / "default.yaml").read_text(encoding="utf-8"), "configs/default.yaml")
+    return _parse_yaml((files("platepipe.configs") / "default.yaml").read_text(encoding="utf-8"), "configs/default.yaml")
 
 
 def _merge(base: dict, top: dict) -> dict:

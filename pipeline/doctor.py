@@ -87,7 +87,7 @@ CHECKS: list[tuple[str, Callable[[], str], bool]] = [
     ("mmcv", check_mmcv_ops, True),
     ("mmdet", check_mmdet, True),
     ("kfp", lambda: _version("kfp"), True),
-    ("kserve", lambda: _version("kserve"), True),
+    ("kubernetes", lambda: _version("kubernetes"), True),
     ("google-cloud-storage", lambda: _version("google.cloud.storage", "google-cloud-storage"), True),
     ("torchserve", lambda: _version("ts", "torchserve"), True),
     ("java (for TorchServe)", check_java, False),

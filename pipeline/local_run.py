@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from pipeline.config import Config, dump_config
+from platepipe.pipeline.config import Config, dump_config
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 START = re.compile(r"Executing task '?([\w-]+)'?")
@@ -98,7 +98,7 @@ class StepTracker(io.TextIOBase):
 
 def preflight() -> None:
     """Fail before anything runs when the set-up cannot carry the whole pipeline."""
-    from pipeline import doctor
+    from platepipe.pipeline import doctor
 
     results = doctor.run_checks()
     missing = [c for c in results if not c.ok]
@@ -110,9 +110,9 @@ def preflight() -> None:
 def run_local(cfg: Config, out: str | None = None, keep_serving: bool = False, echo=print) -> int:
     import kfp.local
 
-    from pipeline import tasks
-    from pipeline.fake_gcs import FakeGcs
-    from pipeline.pipeline import build_pipeline
+    from platepipe.pipeline import tasks
+    from platepipe.pipeline.fake_gcs import FakeGcs
+    from platepipe.pipeline.pipeline import build_pipeline
 
     preflight()
     run_dir = Path(out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")).resolve()
@@ -131,7 +131,7 @@ def run_local(cfg: Config, out: str | None = None, keep_serving: bool = False, e
     with FakeGcs(root=run_dir / "gcs") as gcs:
         try:
             os.environ["STORAGE_EMULATOR_HOST"] = gcs.url
-            from components.gcs import client
+            from platepipe.components.gcs import client
             client().create_bucket(cfg.gcs.bucket)
             os.environ[tasks.LOCAL_DIR_ENV] = str(run_dir)
             os.environ[tasks.WORK_DIR_ENV] = str(run_dir / "work")  # checkpoints and training logs stay here
@@ -233,7 +233,7 @@ def summary(run_dir: Path, steps: list[StepLine], seconds: float, ok: bool, keep
         echo(f"  metrics: EIR {m['eir']:.4f} (gate {m['min_eir']} on {m.get('gate_set', 'test')}), "
              f"mAP {m.get('bbox_mAP')}, char accuracy {m.get('char_accuracy')}, "
              f"precision {m.get('plate_precision')}, recall {m.get('plate_recall')}")
-        from components.evaluate import set_lines
+        from platepipe.components.evaluate import set_lines
         for line in set_lines(m):
             echo(f"    {line}")
     for key, label in (("upload", "uploaded to"), ("deploy", "endpoint"), ("smoke-test", "smoke test")):

@@ -15,10 +15,10 @@ from pathlib import Path
 from kfp import compiler, dsl
 from kfp import kubernetes as k8s
 
-from pipeline import steps
-from pipeline.config import Config, dump_config
+from platepipe.pipeline import steps
+from platepipe.pipeline.config import Config, dump_config
 
-from components.gcs import KEY_JSON_ENV as GCS_KEY_ENV  # the service-account key (JSON text) from kfp.gcs_secret
+from platepipe.components.gcs import KEY_JSON_ENV as GCS_KEY_ENV  # the service-account key (JSON text) from kfp.gcs_secret
 WORK_MOUNT = "/mnt/platepipe"
 
 
@@ -98,15 +98,15 @@ def check_images(cfg: Config | None, allow: bool = False, step_images: set[str] 
     """ValueError naming the fix when the steps' image (kfp.image, or those of a compiled package) is a local
     placeholder no cluster can pull, or when the deploy step would stop for want of deploy.image; nothing
     when allow (the user means it)."""
-    from components.deploy import DeployError
-    from components.runtime import BUILD_SERVING, usable_image
+    from platepipe.components.deploy import DeployError
+    from platepipe.components.runtime import BUILD_SERVING, usable_image
 
     step_images = step_images if step_images is not None else {cfg.kfp.image}
     problems = []
     for image in sorted(step_images):
         try:
             usable_image(image, "kfp.image", "build and push the step image (`make images REGISTRY=...`, "
-                                             "serving/Dockerfile --target steps)")
+                                             "the Dockerfile --target steps)")
         except DeployError as exc:
             problems.append(str(exc))
     if cfg is not None and cfg.deploy.manage_runtime:

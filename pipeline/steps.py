@@ -22,7 +22,7 @@ def settings_step(config: str) -> NamedTuple("Settings", [("data", str), ("train
     the smoke test's or the deploy's settings leaves the data and train steps' cache keys as they were."""
     from collections import namedtuple
 
-    from pipeline import tasks
+    from platepipe.pipeline import tasks
     cut = tasks.settings(config)
     return namedtuple("Settings", list(cut))(**cut)
 
@@ -30,14 +30,14 @@ def settings_step(config: str) -> NamedTuple("Settings", [("data", str), ("train
 @component
 def data_step(config: str, data: Output[Dataset], preview: Output[HTML]):
     """Render the synthetic set (or prepare the user's labelled set) as COCO, with a preview sheet."""
-    from pipeline import tasks
+    from platepipe.pipeline import tasks
     data.metadata.update(tasks.make_data(config, data.path, preview.path))
 
 
 @component
 def train_step(config: str, pretrained_model: str, data: Input[Dataset], model: Output[Model]):
     """Train the two-stage plate reader, or fetch an existing pipeline.pth."""
-    from pipeline import tasks
+    from platepipe.pipeline import tasks
     model.metadata.update(tasks.train_or_fetch(config, pretrained_model, data.path, model.path))
 
 
@@ -49,7 +49,7 @@ def evaluate_step(config: str, min_eir: float, model: Input[Model], data: Input[
     import json
     from collections import namedtuple
 
-    from pipeline import tasks
+    from platepipe.pipeline import tasks
     m = tasks.evaluate(config, min_eir, model.path, data.path, report.path)
     for name, value in tasks.metric_rows(m):
         metrics.log_metric(name, value)
@@ -70,21 +70,21 @@ def gate_failed_step(eir: float, min_eir: float):
 @component
 def export_step(model: Input[Model], evaluation: str, exported: Output[Model]):
     """pipeline.pth with its evaluation written in: weights, config, classes, metrics, fingerprint, versions."""
-    from pipeline import tasks
+    from platepipe.pipeline import tasks
     exported.metadata.update(tasks.export(model.path, evaluation, exported.path))
 
 
 @component
 def archive_step(config: str, model: Input[Model], layout: Output[Model]):
     """TorchServe .mar (our handler) + config/config.properties: the layout KServe mounts."""
-    from pipeline import tasks
+    from platepipe.pipeline import tasks
     layout.metadata.update(tasks.archive(config, model.path, layout.path))
 
 
 @component
 def upload_step(config: str, layout: Input[Model], model_version: str) -> str:
     """The layout to gs://BUCKET/PREFIX/VERSION/{config,model-store}; returns the storageUri."""
-    from pipeline import tasks
+    from platepipe.pipeline import tasks
     return tasks.upload(config, layout.path, model_version)["storage_uri"]
 
 
@@ -94,7 +94,7 @@ def deploy_step(config: str, storage_uri: str, deploy_target: str) -> NamedTuple
     """Create or update the GPU InferenceService and wait until Ready (or serve locally for the local run)."""
     from collections import namedtuple
 
-    from pipeline import tasks
+    from platepipe.pipeline import tasks
     r = tasks.deploy(config, storage_uri, deploy_target)
     return namedtuple("Endpoint", ["url", "host", "rollback"])(r["url"], r["host"], r["rollback"])
 
@@ -102,8 +102,8 @@ def deploy_step(config: str, storage_uri: str, deploy_target: str) -> NamedTuple
 @component
 def smoke_test_step(config: str, url: str, host: str, rollback: str, report: Output[HTML]):
     """Post images with known plates, check every plate field; on failure roll the deploy back and fail."""
-    from components.smoke_test import SmokeTestFailed
-    from pipeline import tasks
+    from platepipe.components.smoke_test import SmokeTestFailed
+    from platepipe.pipeline import tasks
     try:
         tasks.smoke(config, url, host, rollback, report.path)
     except SmokeTestFailed as exc:

@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from pipeline.config import Config, config_from_text
+from platepipe.pipeline.config import Config, config_from_text
 
 LOCAL_DIR_ENV = "PLATEPIPE_LOCAL_DIR"  # the local run's folder: where the deploy step serves from
 WORK_DIR_ENV = "PLATEPIPE_WORK_DIR"    # a persistent volume for training checkpoints (resume after a retry)
@@ -28,7 +28,7 @@ def _cfg(config: str) -> Config:
 
 def settings(config: str) -> dict:
     """The whole configuration (the run parameter), checked, cut into what each step reads (STEP_SECTIONS)."""
-    from pipeline.config import STEP_SECTIONS, step_config
+    from platepipe.pipeline.config import STEP_SECTIONS, step_config
 
     cfg = _cfg(config)
     return {step: step_config(cfg, step) for step in STEP_SECTIONS}
@@ -51,7 +51,7 @@ def _html_image(png: Path, title: str) -> str:
 
 def make_data(config: str, out_dir: str, preview_html: str) -> dict:
     """Synthetic plates, or the user's labelled set (folder or gs://, labelme or COCO), as a COCO data set."""
-    from components import data, labelled
+    from platepipe.components import data, labelled
 
     cfg = _cfg(config)
     d = cfg.data
@@ -71,7 +71,7 @@ def make_data(config: str, out_dir: str, preview_html: str) -> dict:
 
 def train_or_fetch(config: str, pretrained_model: str, data_dir: str, model_path: str) -> dict:
     """Train both stages (resuming from WORK_DIR_ENV when set), or fetch the given pipeline.pth."""
-    from components import export, train
+    from platepipe.components import export, train
 
     cfg = _cfg(config)
     source = pretrained_model or cfg.model.pretrained
@@ -97,7 +97,7 @@ def train_or_fetch(config: str, pretrained_model: str, data_dir: str, model_path
 def evaluate(config: str, min_eir: float, model_path: str, data_dir: str, report_html: str) -> dict:
     """mAP, EIR and the rest on the test split and each out-of-distribution set; the HTML report; whether the EIR
     gate (on evaluate.gate_set) lets the model through."""
-    from components.evaluate import evaluate as run, gate_eir
+    from platepipe.components.evaluate import evaluate as run, gate_eir
 
     ev = _cfg(config).evaluate
     with tempfile.TemporaryDirectory() as tmp:
@@ -127,8 +127,8 @@ def metric_rows(metrics: dict) -> list[tuple[str, float]]:
 
 
 def export(model_path: str, evaluation_json: str, out_path: str) -> dict:
-    from components.export import stamp
-    from serving.reader import load_pipeline
+    from platepipe.components.export import stamp
+    from platepipe.serving.reader import load_pipeline
 
     stamp(model_path, out_path, json.loads(evaluation_json))
     payload = load_pipeline(out_path)
@@ -137,7 +137,7 @@ def export(model_path: str, evaluation_json: str, out_path: str) -> dict:
 
 
 def archive(config: str, model_path: str, out_dir: str) -> dict:
-    from components.archive import ServingSpec, archive as run
+    from platepipe.components.archive import ServingSpec, archive as run
 
     spec = ServingSpec.from_config(_cfg(config).serving, bind_address="0.0.0.0", token_auth=False)
     layout = run(model_path, out_dir, spec)
@@ -147,7 +147,7 @@ def archive(config: str, model_path: str, out_dir: str) -> dict:
 
 def stop_local_serving(run_dir: str | Path) -> bool:
     """Stop the TorchServe the local deploy step started in RUN/serving, if any."""
-    from serving import server
+    from platepipe.components import local_server as server
 
     layout = Path(run_dir) / "serving"
     return layout.exists() and server.stop(layout)
@@ -155,7 +155,7 @@ def stop_local_serving(run_dir: str | Path) -> bool:
 
 def upload(config: str, layout_dir: str, model_version: str) -> dict:
     """The layout to gs://BUCKET/PREFIX/VERSION/{config,model-store}, verified; never over an existing version."""
-    from components import upload as up
+    from platepipe.components import upload as up
 
     cfg = _cfg(config)
     result = up.upload(layout_dir, up.destination(cfg.gcs), version=model_version or cfg.gcs.version or None,
@@ -167,8 +167,8 @@ def upload(config: str, layout_dir: str, model_version: str) -> dict:
 def deploy_local(cfg: Config, storage_uri: str) -> dict:
     """Serve the uploaded layout with TorchServe on this machine, fetched from the bucket the way KServe's
     storage initializer fills /mnt/models; a model served there before is replaced."""
-    from components.gcs import download_prefix
-    from serving import server
+    from platepipe.components.gcs import download_prefix
+    from platepipe.components import local_server as server
 
     layout = Path(os.environ.get(LOCAL_DIR_ENV) or tempfile.mkdtemp(prefix="platepipe-")) / "serving"
     if layout.exists():
@@ -191,7 +191,7 @@ def deploy(config: str, storage_uri: str, target: str) -> dict:
         return _report("deploy", {**result, "line": f"{result['url']} (local TorchServe, model {result['model_name']})"})
     if target != "kserve":
         raise ValueError(f"deploy_target {target!r}: expected kserve or local")
-    from components import deploy as dep
+    from platepipe.components import deploy as dep
 
     spec = dep.DeploySpec.from_config(cfg.deploy, storage_uri)
     done = dep.deploy(spec, ingress_host=cfg.deploy.ingress_host, ingress_port=cfg.deploy.ingress_port)
@@ -207,7 +207,7 @@ def roll_back(rollback: str) -> str:
     if "local" in info:
         stop_local_serving(Path(info["local"]).parent)
         return f"stopped the local TorchServe on {info['local']}"
-    from components import deploy as dep
+    from platepipe.components import deploy as dep
 
     return dep.roll_back(info["name"], info["namespace"], info["previous"])
 
@@ -215,8 +215,8 @@ def roll_back(rollback: str) -> str:
 def smoke(config: str, url: str, host: str, rollback: str, report_html: str) -> dict:
     """Post sample images with known plates to the new endpoint and check every field; on failure roll the
     deploy back and fail (SmokeTestFailed carries the expected-vs-got table)."""
-    from components.smoke_test import SmokeTestFailed, smoke_test
-    from serving import client, server
+    from platepipe.components.smoke_test import SmokeTestFailed, smoke_test
+    from platepipe.components import client, local_server as server
 
     cfg = _cfg(config)
     out_dir = Path(os.environ.get(LOCAL_DIR_ENV) or tempfile.mkdtemp(prefix="platepipe-smoke-")) / "smoke-test"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build and push platepipe's two images (serving/Dockerfile) with docker or podman:
+# Build and push platepipe's two images (the Dockerfile) with docker or podman:
 #   REGISTRY/platepipe:VERSION           the pipeline's steps      (kfp.image)
 #   REGISTRY/platepipe-serving:VERSION   the serving container     (deploy.image)
 # VERSION is the package's (setup.cfg). Usage: scripts/images.sh [--no-push] REGISTRY   (make images REGISTRY=...)
@@ -20,7 +20,7 @@ ENGINE=${ENGINE:-}
 if [ -z "$ENGINE" ]; then
   if command -v docker >/dev/null; then ENGINE=docker
   elif command -v podman >/dev/null; then ENGINE=podman
-  else die "neither docker nor podman is installed: install one (https://docs.docker.com/engine/install/, https://podman.io/docs/installation), or build serving/Dockerfile on a machine that has one"
+  else die "neither docker nor podman is installed: install one (https://docs.docker.com/engine/install/, https://podman.io/docs/installation), or build the Dockerfile on a machine that has one"
   fi
 fi
 command -v "$ENGINE" >/dev/null || die "ENGINE=$ENGINE is not installed"
@@ -31,10 +31,10 @@ STEPS=$REGISTRY/platepipe:$VERSION
 SERVING=$REGISTRY/platepipe-serving:$VERSION
 
 cd "$ROOT"
-echo "[images] $ENGINE build $STEPS (serving/Dockerfile --target steps)"
-"$ENGINE" build -f serving/Dockerfile --target steps -t "$STEPS" .
-echo "[images] $ENGINE build $SERVING (serving/Dockerfile --target serving)"
-"$ENGINE" build -f serving/Dockerfile --target serving -t "$SERVING" .
+echo "[images] $ENGINE build $STEPS (the Dockerfile --target steps)"
+"$ENGINE" build -f Dockerfile --target steps -t "$STEPS" .
+echo "[images] $ENGINE build $SERVING (the Dockerfile --target serving)"
+"$ENGINE" build -f Dockerfile --target serving -t "$SERVING" .
 if [ "$PUSH" = 1 ]; then
   for image in "$STEPS" "$SERVING"; do
     echo "[images] $ENGINE push $image"

@@ -100,8 +100,8 @@ main() {
 
   say "installing platepipe and its dependencies"
   # (PYTHONWARNINGS: setuptools' notes on building platepipe itself, nothing a user can act on)
-  if [ "${PLATEPIPE_EDITABLE:-1}" = 1 ]; then PYTHONWARNINGS=ignore "${PIP[@]}" -e "$ROOT[test]"
-  else PYTHONWARNINGS=ignore "${PIP[@]}" "$ROOT"; fi
+  if [ "${PLATEPIPE_EDITABLE:-1}" = 1 ]; then PYTHONWARNINGS=ignore "${PIP[@]}" -e "$ROOT[local,test]"
+  else PYTHONWARNINGS=ignore "${PIP[@]}" "$ROOT[serve]"; fi
   HEADLESS=$("$VPY" -c 'from importlib.metadata import version; print(version("opencv-python-headless"))')
   "${PIP[@]}" --force-reinstall --no-deps "opencv-python-headless==$HEADLESS"
 

@@ -26,15 +26,10 @@ import binascii
 import json
 import logging
 import os
-import sys
 import time
 from dataclasses import dataclass
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-if os.path.isdir(os.path.join(_HERE, "serving")):  # inside a .mar: use the archive's own copy of the package
-    sys.path.insert(0, _HERE)
-
-from serving.images import BadImage, decoded_bytes, image_header, load_image  # noqa: E402
+from .images import BadImage, decoded_bytes, image_header, load_image
 
 logger = logging.getLogger(__name__)
 MAX_JSON_DEPTH = 16        # a v2 request is 4 levels deep
@@ -234,7 +229,7 @@ class PlateHandler:
     def initialize(self, context) -> None:
         import torch
 
-        from serving.reader import PlateReader
+        from .reader import PlateReader
 
         props = context.system_properties
         model_dir = props.get("model_dir", ".")

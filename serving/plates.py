@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from serving.labels import CLASSES, DIGITS, LETTERS, PLATE_TYPES
+from .labels import CLASSES, DIGITS, LETTERS, PLATE_TYPES
 
 CHARS = set(DIGITS) | set(LETTERS)
 Box = tuple[float, float, float, float]

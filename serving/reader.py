@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.crops import crop_plate, to_image
-from serving.labels import CLASSES
-from serving.plates import Detection, box_fields, decode
+from .crops import crop_plate, to_image
+from .labels import CLASSES
+from .plates import Detection, box_fields, decode
 
 FORMAT = "platepipe.pipeline/1"
 STAGES = ("detector", "reader")
@@ -181,7 +181,7 @@ def build_model(stage: str, cfg: dict, state_dict: dict, device):
     from mmdet.utils import register_all_modules
     from mmengine.config import ConfigDict
 
-    from serving.layers import depthwise_in_float32
+    from .layers import depthwise_in_float32
 
     register_all_modules(init_default_scope=True)
     model = MODELS.build(ConfigDict(cfg["model"]))
@@ -263,7 +263,7 @@ def _drop_duplicates(plates: list[dict]) -> list[dict]:
 
 
 def _same_plate(a: dict, b: dict) -> bool:
-    from serving.plates import _area, _intersection, iou
+    from .plates import _area, _intersection, iou
 
     if iou(a["bbox"], b["bbox"]) > 0.5:
         return True

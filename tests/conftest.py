@@ -1,7 +1,7 @@
 import pytest
 
-from components.data import DataSpec, generate
-from pipeline.fake_gcs import FakeGcs
+from platepipe.components.data import DataSpec, generate
+from platepipe.pipeline.fake_gcs import FakeGcs
 
 
 @pytest.fixture(scope="session")
@@ -17,7 +17,7 @@ def data_dir(tmp_path_factory):
 def tiny_model(tmp_path_factory):
     """(folder, pipeline.pth): 8 images of 320-400 px in FOLDER/data and a tiny model trained 2 iterations on
     them, for the serving tests (what it reads does not matter, only that it is a real exported model)."""
-    from components.train import TrainSpec, train
+    from platepipe.components.train import TrainSpec, train
 
     root = tmp_path_factory.mktemp("tiny-model")
     generate(root / "data", DataSpec(n_images=8, seed=21, min_size=320, max_size=400, plate_width_min=80,

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from stubs import Stub
 
-from serving import client
+from platepipe.components import client
 
 
 def _noise_png(w: int, h: int) -> bytes:

@@ -7,7 +7,7 @@ import typing
 import pytest
 import yaml
 
-from pipeline.config import (Config, ConfigError, ModelConfig, config_to_dict, default_config_path, dump_config,
+from platepipe.pipeline.config import (Config, ConfigError, ModelConfig, config_to_dict, default_config_path, dump_config,
                              load_config)
 
 
@@ -89,7 +89,7 @@ def test_no_secrets_in_the_defaults():
 
 
 def test_preset_choices_match_the_model_presets():
-    from configs.model import PRESETS
+    from platepipe.configs.model import PRESETS
     assert set(typing.get_args(typing.get_type_hints(ModelConfig)["preset"])) == set(PRESETS)
 
 

@@ -1,4 +1,4 @@
-"""The serving container's start, proven without Docker: the file serving/Dockerfile makes the image's
+"""The serving container's start, proven without Docker: the file the Dockerfile makes the image's
 ENTRYPOINT, run with exactly the args and env of the ServingRuntime `platepipe deploy` creates, on a
 /mnt/models that KServe's storage initializer (the kserve-storage package, in an environment of its own as in
 its own container) downloaded from the version `platepipe upload` wrote to fake-gcs-server; as uid 1000 when
@@ -32,16 +32,16 @@ from pathlib import Path
 
 import pytest
 
-from components.archive import ServingSpec, archive
-from components.deploy import DeploySpec
-from components.runtime import MODEL_DIR, runtime_manifest
-from pipeline.cli import main
-from pipeline.config import load_config
-from pipeline.fake_gcs import FakeGcs
-from serving import server
-from serving.client import Endpoint, request
-from serving.images import load_image
-from serving.reader import PlateReader
+from platepipe.components.archive import ServingSpec, archive
+from platepipe.components.deploy import DeploySpec
+from platepipe.components.runtime import MODEL_DIR, runtime_manifest
+from platepipe.pipeline.cli import main
+from platepipe.pipeline.config import load_config
+from platepipe.pipeline.fake_gcs import FakeGcs
+from platepipe.components import local_server as server
+from platepipe.components.client import Endpoint, request
+from platepipe.serving.images import load_image
+from platepipe.serving.reader import PlateReader
 from test_dockerfile import ROOT, instruction, stages
 
 STORAGE_PYTHON = Path(sys.executable).parents[1] / "storage-initializer" / "bin" / "python"
@@ -52,7 +52,7 @@ pytestmark = pytest.mark.timeout(600)
 
 
 def image_file(path_in_image: str) -> Path:
-    """The repository file that serving/Dockerfile's final stage copies to path_in_image."""
+    """The repository file that the Dockerfile's final stage copies to path_in_image."""
     final = stages()[-1]
     for line in instruction(final, "COPY"):
         *sources, dest = line.split()
@@ -62,7 +62,7 @@ def image_file(path_in_image: str) -> Path:
                 f"here, and it is not what this project tests")
             (source,) = sources
             return ROOT / source
-    raise AssertionError(f"serving/Dockerfile's final stage copies nothing to {path_in_image}")
+    raise AssertionError(f"the Dockerfile's final stage copies nothing to {path_in_image}")
 
 
 def entrypoint() -> Path:
@@ -135,7 +135,7 @@ def _pod_user() -> tuple[bool, str]:
     if os.geteuid() != 0:
         return False, f"{pwd.getpwuid(os.geteuid()).pw_name} (not root)"
     try:
-        probe = subprocess.run([sys.executable, "-c", "import serving.container"], preexec_fn=_drop, cwd="/",
+        probe = subprocess.run([sys.executable, "-c", "import platepipe.serving.container"], preexec_fn=_drop, cwd="/",
                                capture_output=True, text=True, timeout=60)
         why = probe.stderr.strip()[-200:]
     except PermissionError as exc:

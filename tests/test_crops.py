@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from serving.crops import MARGIN, PAD_VALUE, crop_plate, to_crop, to_image
+from platepipe.serving.crops import MARGIN, PAD_VALUE, crop_plate, to_crop, to_image
 
 
 def scene(box, colour=(0, 0, 255)):
@@ -67,7 +67,7 @@ def test_the_detectors_training_crop_holds_whole_plates(size, plate):
     falls back to a plain random crop where none does."""
     from mmdet.structures.bbox import HorizontalBoxes
 
-    import components.mm_parts as parts
+    from platepipe.components import mm_parts as parts
 
     crop = parts.PlateRandomCrop(crop_size=size, allow_negative_crop=True, whole_prob=1.0)
     np.random.seed(0)
@@ -89,8 +89,8 @@ def test_the_detectors_training_crop_holds_whole_plates(size, plate):
 def test_the_quick_detectors_crop_holds_the_widest_one_row_plate():
     """The widest plate the data step draws (one-row: plate_width_max px, and at most plate_width_max_frac of the
     photo's width) at the quick detector's scale: the photo's long side is looked at as 640 px."""
-    from configs.model import stage_config
-    from pipeline.config import load_config
+    from platepipe.configs.model import stage_config
+    from platepipe.pipeline.config import load_config
 
     cfg = load_config()
     det = stage_config("detector", "quick")
@@ -115,7 +115,7 @@ def test_a_plate_region_in_memory_crops_as_the_whole_photo(tmp_path):
     the region), and a region loaded once is not read from disk again."""
     import cv2
 
-    import components.mm_parts as parts
+    from platepipe.components import mm_parts as parts
 
     path = tmp_path / "photo.png"
     cv2.imwrite(str(path), _photo())
@@ -147,7 +147,7 @@ def test_a_jittered_box_past_its_region_crops_from_the_whole_photo(tmp_path):
     """A box moved far past the region kept in memory is cut from the photo read again, as it would have been."""
     import cv2
 
-    import components.mm_parts as parts
+    from platepipe.components import mm_parts as parts
 
     path = tmp_path / "photo.png"
     cv2.imwrite(str(path), _photo(1))

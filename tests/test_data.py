@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from components import data
-from components.data import DataSpec, generate, preview, render_plate
-from serving.labels import CLASSES, DIGITS, LETTERS
-from serving.plates import Detection, decode
+from platepipe.components import data
+from platepipe.components.data import DataSpec, generate, preview, render_plate
+from platepipe.serving.labels import CLASSES, DIGITS, LETTERS
+from platepipe.serving.plates import Detection, decode
 
 SMALL = dict(min_size=320, max_size=480, plate_width_min=60, plate_width_max=200)
 

@@ -17,10 +17,10 @@ import jsonschema
 import pytest
 import yaml
 
-from components import deploy
-from components.deploy import DeployError, DeploySpec
-from pipeline.cli import main
-from pipeline.config import load_config
+from platepipe.components import deploy
+from platepipe.components.deploy import DeployError, DeploySpec
+from platepipe.pipeline.cli import main
+from platepipe.pipeline.config import load_config
 from k8s_stub import K8sStub, failing, never, ready
 
 CRDS = {kind: (Path(__file__).parent / "data" / "kserve" / f"serving.kserve.io_{plural}.yaml", version)

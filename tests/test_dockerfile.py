@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCKERFILE = ROOT / "serving" / "Dockerfile"
+DOCKERFILE = ROOT / "Dockerfile"
 
 
 def stages() -> list[list[str]]:
@@ -61,8 +61,8 @@ def test_serving_stage_runs_our_entrypoint_with_the_runtime_args_and_ports():
     import on kserve 0.21)."""
     import json
 
-    from components.runtime import ARGS, ENTRYPOINT
-    from serving.container import HTTP_PORT, METRICS_PORT
+    from platepipe.components.runtime import ARGS, ENTRYPOINT
+    from platepipe.serving.container import HTTP_PORT, METRICS_PORT
 
     final = stages()[-1]
     assert final[0].endswith(" AS serving")
@@ -84,7 +84,7 @@ def test_steps_stage_is_the_same_venv_without_java():
 
 def test_build_stage_imports_every_module_the_entrypoint_loads():
     build = " ".join(next(s for s in stages() if s[0].endswith(" AS build")))
-    for module in ("serving.container", "serving.handler", "serving.reader", "ts.model_server",
+    for module in ("platepipe.serving.container", "platepipe.serving.handler", "platepipe.serving.reader", "ts.model_server",
                    "ts.model_service_worker", "mmcv.ops", "mmdet"):
         assert module in build, module
 
@@ -120,8 +120,8 @@ def test_make_images_builds_and_pushes_both_images_tagged_with_the_version(tmp_p
     assert done.returncode == 0, done.stderr
     steps, serving = f"europe-docker.pkg.dev/p/r/platepipe:{version}", f"europe-docker.pkg.dev/p/r/platepipe-serving:{version}"
     assert (tmp_path / "calls").read_text().splitlines() == [
-        f"build -f serving/Dockerfile --target steps -t {steps} .",
-        f"build -f serving/Dockerfile --target serving -t {serving} .",
+        f"build -f Dockerfile --target steps -t {steps} .",
+        f"build -f Dockerfile --target serving -t {serving} .",
         f"push {steps}", f"push {serving}"]
     assert f"--set kfp.image={steps} --set deploy.image={serving}" in done.stdout
     assert {s[0].split()[-1] for s in stages()} >= {"steps", "serving"}  # the targets exist

@@ -15,9 +15,9 @@ import pytest
 import yaml
 
 from kfp_stub import KfpStub
-from pipeline import kfp_client
-from pipeline.cli import main
-from pipeline.kfp_client import KfpError, connect
+from platepipe.pipeline import kfp_client
+from platepipe.pipeline.cli import main
+from platepipe.pipeline.kfp_client import KfpError, connect
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -171,8 +171,8 @@ def test_without_package_the_pipeline_is_compiled_from_the_configuration(stub, c
         seen.append((cfg.kfp.pipeline_name, Path(path).suffix))
         return _compile_tiny(Path(path))
 
-    from pipeline import pipeline as real
-    monkeypatch.setitem(sys.modules, "pipeline.pipeline", types.SimpleNamespace(
+    from platepipe.pipeline import pipeline as real
+    monkeypatch.setitem(sys.modules, "platepipe.pipeline.pipeline", types.SimpleNamespace(
         compile_pipeline=compile_pipeline, check_images=real.check_images, package_images=real.package_images))
     code, _, err = run_cli(capsys, "upload-pipeline", "--host", stub.url, "--set", "kfp.pipeline_name=compiled")
     assert code == 2 and "kfp.image is 'platepipe:latest', a local placeholder" in err and "deploy.image is not set" in err

@@ -7,10 +7,10 @@ import cv2
 import numpy as np
 import pytest
 
-from components import labelled
-from components.data import DataSpec, generate
-from components.gcs import GcsError, client, download
-from serving.labels import CLASSES
+from platepipe.components import labelled
+from platepipe.components.data import DataSpec, generate
+from platepipe.components.gcs import GcsError, client, download
+from platepipe.serving.labels import CLASSES
 
 
 def labelme_folder(root: Path, n: int = 6) -> Path:

@@ -4,8 +4,8 @@ import copy
 
 import torch
 
-from configs.model import stage_config
-from serving.layers import Float32DepthwiseConv2d, depthwise_in_float32
+from platepipe.configs.model import stage_config
+from platepipe.serving.layers import Float32DepthwiseConv2d, depthwise_in_float32
 
 
 def _reader():

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.local_run import cmdline, descendants, running
-from serving import server
+from platepipe.pipeline.local_run import cmdline, descendants, running
+from platepipe.components import local_server as server
 
 PLATEPIPE = Path(sys.executable).with_name("platepipe")
 TINY = ["--set", "data.n_images=8", "--set", "data.min_size=320", "--set", "data.max_size=400",

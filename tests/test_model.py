@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from components.data import DataSpec, generate
-from components.evaluate import evaluate, truth_plates
-from components.export import FORMAT, load_pipeline
-from components.train import TrainSpec, best_checkpoint, train
-from serving.labels import CLASSES
-from serving.reader import ImageResult, PlateReader
-from serving.plates import Detection
+from platepipe.components.data import DataSpec, generate
+from platepipe.components.evaluate import evaluate, truth_plates
+from platepipe.components.export import FORMAT, load_pipeline
+from platepipe.components.train import TrainSpec, best_checkpoint, train
+from platepipe.serving.labels import CLASSES
+from platepipe.serving.reader import ImageResult, PlateReader
+from platepipe.serving.plates import Detection
 
 PLATEPIPE = Path(sys.executable).with_name("platepipe")
 TINY = TrainSpec(preset="tiny", max_iters=4, val_interval=2, workers=0)
@@ -56,7 +56,7 @@ def test_fast_weight_average_matches_mmdets():
     weights in either layout."""
     from mmdet.models.layers import ExpMomentumEMA
 
-    from components.mm_parts import FastExpMomentumEMA
+    from platepipe.components.mm_parts import FastExpMomentumEMA
 
     torch.manual_seed(0)
     for layout in (torch.contiguous_format, torch.channels_last):
@@ -82,8 +82,8 @@ def test_the_optimiser_groups_weights_of_equal_settings(data_dir, trained):
     stage's checkpoint holds those groups; and a step updates the weights exactly as the per-weight groups do."""
     from mmengine.optim import build_optim_wrapper
 
-    import components.mm_parts  # noqa: F401
-    from components.train import _stage_cfg, runner_config
+    import platepipe.components.mm_parts  # noqa: F401
+    from platepipe.components.train import _stage_cfg, runner_config
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
     from mmengine.config import ConfigDict
@@ -239,7 +239,7 @@ class SetOracle:
     plate per image; on 'unseen-photos' reads right."""
 
     def __init__(self, data_dir: Path):
-        from serving.images import read_image_file
+        from platepipe.serving.images import read_image_file
         self.known = {}
         for name, folder in [("test", data_dir), *((p.name, p) for p in sorted((data_dir / "ood").iterdir()))]:
             coco = json.loads((folder / "test.json").read_text())
@@ -266,8 +266,8 @@ class SetOracle:
 def test_evaluate_reports_each_out_of_distribution_set(tmp_path):
     """Every set the data step renders is evaluated on its own: EIR, detection recall by size, false plates, in
     metrics.json, the report and the KFP metrics rows; the gate can read any set."""
-    from components.evaluate import gate_eir
-    from pipeline.tasks import metric_rows
+    from platepipe.components.evaluate import gate_eir
+    from platepipe.pipeline.tasks import metric_rows
 
     data = tmp_path / "data"
     generate(data, DataSpec(n_images=6, seed=5, min_size=320, max_size=400, plate_width_min=80, plate_width_max=200,
@@ -366,8 +366,8 @@ class FakeClock:
 def test_a_time_budget_fits_the_schedule_instead_of_cutting_it(data_dir, tmp_path, capsys, monkeypatch):
     """3,000 iterations at 0.15 s each cannot run in 18 s: training is shortened and the learning-rate decay
     moved so that it still ends at its floor, not cut off at a high rate."""
-    import components.mm_parts as parts
-    from components.train import train_stage
+    from platepipe.components import mm_parts as parts
+    from platepipe.components.train import train_stage
     clock = FakeClock(per_iter=0.15)
     monkeypatch.setattr(parts, "time", clock)
     spec = TrainSpec(preset="tiny", max_iters=3000, val_interval=100000, workers=0)
@@ -391,7 +391,7 @@ def _fitted(monkeypatch, val_seconds: float, val_interval: int = 100000, decay_b
     per iteration, after one validation of val_seconds (0: none yet)."""
     from types import SimpleNamespace
 
-    import components.mm_parts as parts
+    from platepipe.components import mm_parts as parts
 
     class CosineAnnealingLR(SimpleNamespace):
         pass
@@ -445,7 +445,7 @@ def test_the_time_budget_keeps_back_time_for_the_validations_to_come(monkeypatch
 def _loop(max_iters: int, val_interval: int, val_begin: int, refit: dict | None = None):
     """An EndAlignedTrainLoop run over a stand-in runner; refit {iteration: new max_iters} moves the end as the
     time budget does. Returns the iterations it validated after, and the loop."""
-    from components.mm_parts import EndAlignedTrainLoop
+    from platepipe.components.mm_parts import EndAlignedTrainLoop
 
     loop = object.__new__(EndAlignedTrainLoop)  # the loop's own logic, without a dataloader to build
     validated = []
@@ -497,7 +497,7 @@ def test_the_time_budget_counts_from_the_train_steps_start(monkeypatch):
     training starts: the imports, the runner and the data it spent before are counted; a tenth at least."""
     from types import SimpleNamespace
 
-    import components.mm_parts as parts
+    from platepipe.components import mm_parts as parts
 
     now = [5000.0]
     monkeypatch.setattr(parts.time, "time", lambda: now[0])
@@ -516,7 +516,7 @@ def test_the_time_budget_refits_a_decay_under_way_from_where_it_is(monkeypatch):
     the current rate to its floor at the new end); the weight average settles to the new length too."""
     from types import SimpleNamespace
 
-    from components.mm_parts import ema_momentum
+    from platepipe.components.mm_parts import ema_momentum
 
     ema = SimpleNamespace(momentum=0.0, gamma=0)
     loop, decay = _fitted(monkeypatch, 0, decay_begin=50, ema=ema)
@@ -548,7 +548,7 @@ def test_a_chainable_cosine_refitted_mid_way_goes_on_smoothly_to_its_floor():
 def _plates_read(plate: Detection, text: str, score: float) -> tuple[dict, list[Detection]]:
     """The reader's answer for one plate (as PlateReader._read gives it): text read on it, one character box per
     character, every character scoring `score`."""
-    from serving.plates import decode
+    from platepipe.serving.plates import decode
     x1, y1, x2, y2 = plate.bbox
     step = (x2 - x1) / 8
     chars = [Detection(c, score, (x1 + (k + 0.5) * step, y1 + 2, x1 + (k + 1.3) * step, y2 - 2))
@@ -566,8 +566,8 @@ def test_unsure_reads_get_further_looks_until_one_is_sure(trained, data_dir, mon
     import cv2
     from mmengine.structures import InstanceData
 
-    from serving import reader as reader_module
-    from serving.reader import FIRST_LOOK, LOOKS, SECOND_LOOK
+    from platepipe.serving import reader as reader_module
+    from platepipe.serving.reader import FIRST_LOOK, LOOKS, SECOND_LOOK
 
     reader = PlateReader(load_pipeline(trained[1]), keep_partial=True)
     images = [cv2.imread(str(p)) for p in sorted((data_dir / "images").iterdir())[:2]]
@@ -642,8 +642,8 @@ def test_a_plate_cut_short_is_read_from_a_moved_box(trained, data_dir, monkeypat
     import cv2
     from mmengine.structures import InstanceData
 
-    from serving import reader as reader_module
-    from serving.reader import LOOKS
+    from platepipe.serving import reader as reader_module
+    from platepipe.serving.reader import LOOKS
 
     reader = PlateReader(load_pipeline(trained[1]))
     image = cv2.imread(str(sorted((data_dir / "images").iterdir())[0]))
@@ -673,14 +673,14 @@ def test_a_plate_cut_short_is_read_from_a_moved_box(trained, data_dir, monkeypat
 
 
 def test_second_look_rules():
-    from serving.reader import _unsure
+    from platepipe.serving.reader import _unsure
     assert not _unsure(None, 0.5)
     assert not _unsure({"plate": "???????", "valid": False, "score": 0.0}, 0.5)  # read nothing: not a plate
     assert not _unsure({"plate": "12?????", "valid": False, "score": 0.1}, 0.5)  # 2 characters: not a plate
     assert _unsure({"plate": "12?3456", "valid": False, "score": 0.9}, 0.5)      # partial
     assert _unsure({"plate": "12A3456", "valid": True, "score": 0.49}, 0.5)      # whole but unsure
     assert not _unsure({"plate": "12A3456", "valid": True, "score": 0.5}, 0.5)   # sure
-    from serving.reader import _cut_short
+    from platepipe.serving.reader import _cut_short
     assert _cut_short({"plate": "12A345?", "valid": False, "score": 0.9})        # a character short
     assert _cut_short({"plate": "?2A345?", "valid": False, "score": 0.9})        # two
     assert not _cut_short({"plate": "?2A34??", "valid": False, "score": 0.9})    # four read: not a box cut short
@@ -691,7 +691,7 @@ def test_second_look_rules():
 def test_one_plate_read_from_two_boxes_is_reported_once():
     """Seen on the test split: the detector boxed one plate tightly (0.71) and, loosely, with its surroundings
     (0.29, IoU 0.41 with the tight box); both crops read "46E9975", and the second read was a false plate."""
-    from serving.reader import _drop_duplicates
+    from platepipe.serving.reader import _drop_duplicates
 
     def read(plate, bbox, score, valid=True):
         return {"plate": plate, "bbox": bbox, "score": score, "valid": valid}
@@ -713,7 +713,7 @@ def test_inference_precision_and_layout(trained, data_dir):
     """Both networks run with channels-last weights (same results as the plain layout) and, in bf16, compute
     in bfloat16 while the box decoding and NMS get float32 (mmcv's nms refuses bfloat16)."""
     import cv2
-    from serving.reader import run_model
+    from platepipe.serving.reader import run_model
 
     payload = load_pipeline(trained[1])
     images = [cv2.imread(str(p)) for p in sorted((data_dir / "images").iterdir())[:2]]
@@ -731,7 +731,7 @@ def test_inference_precision_and_layout(trained, data_dir):
     handle.remove()
     assert seen == [torch.float32, torch.bfloat16]
     plain = load_pipeline(trained[1])
-    from serving.reader import build_model
+    from platepipe.serving.reader import build_model
     contiguous = build_model("detector", plain["detector"]["config"], plain["detector"]["state_dict"], "cpu")
     contiguous = contiguous.to(memory_format=torch.contiguous_format)
     a, b = run_model(model, small, [1.0, 1.0]), run_model(contiguous, small, [1.0, 1.0])
@@ -745,16 +745,16 @@ def test_inference_precision_and_layout(trained, data_dir):
 def test_native_bf16_is_a_plain_answer_even_without_onednn(monkeypatch):
     import torch
 
-    from serving.reader import native_bf16
+    from platepipe.serving.reader import native_bf16
     assert native_bf16("cpu") is bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     monkeypatch.setattr(torch.ops, "mkldnn", object())  # a torch build without the oneDNN query
     assert native_bf16("cpu") is False
 
 
 def test_checkpoints_are_chosen_at_the_character_score_serving_reads_at():
-    from components.mm_parts import PlateReadMetric
-    from pipeline.config import load_config
-    from serving.reader import CHAR_SCORE
+    from platepipe.components.mm_parts import PlateReadMetric
+    from platepipe.pipeline.config import load_config
+    from platepipe.serving.reader import CHAR_SCORE
 
     assert PlateReadMetric().score_threshold == CHAR_SCORE
     assert load_config().evaluate.char_score == CHAR_SCORE  # the evaluate step's default reads the same way

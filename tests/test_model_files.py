@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from components.train import TrainSpec, train
-from serving.reader import check_pipeline, load_pipeline, weights_digest
+from platepipe.components.train import TrainSpec, train
+from platepipe.serving.reader import check_pipeline, load_pipeline, weights_digest
 
 PLATEPIPE = Path(sys.executable).with_name("platepipe")
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from components.export import load_pipeline
-from components.train import TrainSpec, cpu_cores, parallel, train
-from pipeline.local_run import descendants, running
+from platepipe.components.export import load_pipeline
+from platepipe.components.train import TrainSpec, cpu_cores, parallel, train
+from platepipe.pipeline.local_run import descendants, running
 
 
 def spec(**changes) -> TrainSpec:
@@ -58,7 +58,7 @@ def test_a_failing_detector_stops_the_reader(data_dir, tmp_path, capsys):
 def test_the_detector_stops_when_its_parent_is_killed(data_dir, tmp_path):
     """kill -9 of the training process (no clean-up runs there) still leaves no detector training on."""
     script = textwrap.dedent(f"""
-        from components.train import TrainSpec, train
+        from platepipe.components.train import TrainSpec, train
         train({str(data_dir)!r}, {str(tmp_path)!r}, TrainSpec(preset="tiny", max_iters=100000, val_interval=100000,
               workers=0, parallel="on"))
     """)
@@ -104,7 +104,7 @@ def test_cpu_cores_follow_a_containers_cpu_limit(tmp_path, monkeypatch, files, e
 
 
 def test_one_cpu_trains_one_stage_after_the_other(monkeypatch):
-    import components.train as train_module
+    from platepipe.components import train as train_module
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(train_module, "cpu_cores", lambda: 1)

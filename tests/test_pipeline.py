@@ -6,8 +6,8 @@ from __future__ import annotations
 import yaml
 import pytest
 
-from pipeline.config import config_from_text as load_config_text, load_config
-from pipeline.pipeline import compile_pipeline
+from platepipe.pipeline.config import config_from_text as load_config_text, load_config
+from platepipe.pipeline.pipeline import compile_pipeline
 
 STEPS = ["settings-step", "data-step", "train-step", "evaluate-step", "export-step", "archive-step", "upload-step", "deploy-step",
          "smoke-test-step", "gate-failed-step"]
@@ -103,8 +103,8 @@ def test_changing_smoke_or_deploy_settings_keeps_the_cached_steps_inputs(tmp_pat
     """KFP's cache key of a task is its component and its inputs' values. The data and train steps take their
     settings from the settings step's outputs, which carry only their own sections: a run whose smoke or deploy
     settings differ hands them the same values, so their cached outputs are reused; a data change is seen."""
-    from pipeline import tasks
-    from pipeline.config import dump_config
+    from platepipe.pipeline import tasks
+    from platepipe.pipeline.config import dump_config
 
     spec, _ = compiled(tmp_path)
     steps = tasks_of(spec)
@@ -121,7 +121,7 @@ def test_changing_smoke_or_deploy_settings_keeps_the_cached_steps_inputs(tmp_pat
     assert tasks.settings(dump_config(load_config(None, ["data.n_images=10"])))["data"] != base["data"]
     assert tasks.settings(dump_config(load_config(None, ["train.lr=0.001"])))["train"] != base["train"]
     # each step's cut gives it the settings it reads, the rest as defaults
-    from pipeline.config import config_from_text
+    from platepipe.pipeline.config import config_from_text
     cfg = load_config(None, ["data.n_images=10", "smoke.n_images=3"])
     cut = tasks.settings(dump_config(cfg))
     assert config_from_text(cut["data"]).data == cfg.data and config_from_text(cut["smoke"]).smoke == cfg.smoke
@@ -153,7 +153,7 @@ def test_run_parameters_and_their_defaults(tmp_path):
 
 
 def test_compiling_or_sending_with_placeholder_images_is_refused_unless_meant(tmp_path, capsys):
-    from pipeline.cli import main
+    from platepipe.pipeline.cli import main
 
     out = tmp_path / "p.yaml"
     assert main(["compile", "-o", str(out)]) == 2

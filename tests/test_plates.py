@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from serving.plates import Detection, decode, detections_from_arrays, format_plate
+from platepipe.serving.plates import Detection, decode, detections_from_arrays, format_plate
 
 
 def plate_dets(text, kind="l_board", x=100.0, y=100.0, w=200.0, angle_deg=0.0, plate_score=0.9, char_score=0.95,
@@ -134,7 +134,7 @@ def test_format_plate_draws_both_layouts():
 
 
 def test_only_whole_and_sure_reads_are_reported():
-    from serving.reader import READ_SCORE, reported
+    from platepipe.serving.reader import READ_SCORE, reported
     sure = decode(plate_dets("38D4831", x=100))
     unsure = decode(plate_dets("12A3456", x=400, plate_score=0.45, char_score=0.5))  # 0.45 x 0.5 < 0.25
     partial = decode(plate_dets("38D4831", x=700, regions=False)[:-1], keep_partial=True)  # a character missing

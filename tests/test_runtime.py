@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components import deploy, runtime
-from components.deploy import DeployError, DeploySpec
-from components.runtime import ARGS, ENTRYPOINT, ensure_runtime, needed_access, preflight, runtime_manifest
+from platepipe.components import deploy, runtime
+from platepipe.components.deploy import DeployError, DeploySpec
+from platepipe.components.runtime import ARGS, ENTRYPOINT, ensure_runtime, needed_access, preflight, runtime_manifest
 from k8s_stub import K8sStub, ready
-from pipeline.cli import main
-from serving.container import HTTP_PORT, METRICS_PORT
+from platepipe.pipeline.cli import main
+from platepipe.serving.container import HTTP_PORT, METRICS_PORT
 from test_deploy import crd_errors
 
 NS = "ml"

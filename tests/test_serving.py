@@ -17,10 +17,10 @@ import cv2
 import numpy as np
 import pytest
 
-from components.archive import ServingSpec, archive, config_properties, properties_keys
-from serving import server
-from serving.images import load_image
-from serving.reader import PlateReader
+from platepipe.components.archive import ServingSpec, archive, config_properties, properties_keys
+from platepipe.components import local_server as server
+from platepipe.serving.images import load_image
+from platepipe.serving.reader import PlateReader
 
 KEYS = {line.strip() for line in (Path(__file__).parent / "data" / "config-keys-0.12.0.txt").read_text().splitlines()
         if line.strip() and not line.startswith("#")}
@@ -167,7 +167,7 @@ def test_token_auth_is_on(ts, model):
     code, answer = post(ts, "/predictions/pipeline", images(model, 1)[0], "image/jpeg", token=False)
     assert code in (400, 401) and "token" in json.dumps(answer).lower(), (code, answer)
     # the client says what to do, whether TorchServe answers a wrong token with 400 or 401
-    from serving.client import ClientError, Endpoint, request
+    from platepipe.components.client import ClientError, Endpoint, request
     for token in (None, "not-the-key"):
         with pytest.raises(ClientError, match="token auth is on: pass --token or --token-file"):
             request(Endpoint(ts.inference_url, token=token), images(model, 1), retries=0)

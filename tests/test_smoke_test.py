@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 from stubs import Stub
 
-from components import smoke_test as st
-from pipeline.cli import main
-from serving import client
+from platepipe.components import smoke_test as st
+from platepipe.pipeline.cli import main
+from platepipe.components import client
 
 N = 3  # synthetic images with plates (plus one plate-free)
 SEED = st.DEFAULT_SEED  # what the CLI uses
@@ -77,7 +77,7 @@ def run(stub, out, protocol="original", **kwargs):
 
 def test_sample_images_have_readable_plates_and_one_plate_free_scene(samples, tmp_path):
     # the original project's style and stamped plates, all on real photos
-    from components.data import shipped_photos
+    from platepipe.components.data import shipped_photos
     assert st.smoke_spec(1).procedural_fraction == 0 and st.smoke_spec(1).backgrounds is None and shipped_photos()
     assert [s.source for s in samples] == ["synthetic, original style"] * (N // 2) + ["synthetic"] * (N - N // 2) + ["plate-free"]
     assert all(s.truth for s in samples[:N]) and samples[-1].truth == []
@@ -399,7 +399,7 @@ def test_cli_protocol_flag_token_and_bad_yaml(stub, photos, tmp_path, capsys):
 
 
 def test_cli_isvc_takes_url_and_host_from_the_inference_service(stub, tmp_path, monkeypatch):
-    from components import deploy
+    from platepipe.components import deploy
     calls = []
 
     def endpoint_for(name, namespace, **kwargs):
@@ -418,10 +418,10 @@ def test_cli_isvc_takes_url_and_host_from_the_inference_service(stub, tmp_path, 
 
 @pytest.mark.timeout(600)
 def test_real_torchserve_with_a_tiny_model_fails_naming_the_missed_plates(tmp_path):
-    from components.archive import ServingSpec, archive
-    from components.data import DataSpec, generate
-    from components.train import TrainSpec, train
-    from serving import server
+    from platepipe.components.archive import ServingSpec, archive
+    from platepipe.components.data import DataSpec, generate
+    from platepipe.components.train import TrainSpec, train
+    from platepipe.components import local_server as server
 
     generate(tmp_path / "data", DataSpec(n_images=8, seed=23, min_size=320, max_size=400, plate_width_min=80,
                                          plate_width_max=200, split=(0.5, 0.25, 0.25)), workers=1, progress=False)

@@ -18,10 +18,10 @@ from pathlib import Path
 import google_crc32c
 import pytest
 
-from components import upload as up
-from components.gcs import GcsError, client
-from pipeline.cli import main
-from pipeline.config import load_config
+from platepipe.components import upload as up
+from platepipe.components.gcs import GcsError, client
+from platepipe.pipeline.cli import main
+from platepipe.pipeline.config import load_config
 
 pytestmark = pytest.mark.timeout(120)
 

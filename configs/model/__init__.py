@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import copy
 
-from serving.labels import CLASSES, PLATE_TYPES
+from platepipe.serving.labels import CLASSES, PLATE_TYPES
 
 DETECTOR_CLASSES = PLATE_TYPES
 READER_CLASSES = tuple(c for c in CLASSES if c not in PLATE_TYPES)

@@ -20,7 +20,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from serving.container import torchserve_command, torchserve_env, with_settings, worker_states
+from platepipe.serving.container import torchserve_command, torchserve_env, with_settings, worker_states
 
 STATE = "state.json"
 

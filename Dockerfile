@@ -30,7 +30,7 @@ COPY configs configs
 ENV TORCH_CUDA_ARCH_LIST="7.5;8.0;8.6;8.9;9.0" MAX_JOBS=8
 # the same set-up script as `make setup`; then every module the entrypoint and the handler load
 RUN VENV=/opt/platepipe PLATEPIPE_EDITABLE=0 PLATEPIPE_CACHE=/tmp/platepipe-cache bash scripts/setup.sh \
-    && /opt/platepipe/bin/python -c "import serving.container, serving.server, serving.handler, serving.reader, ts.model_server, ts.model_service_worker, mmcv.ops, mmdet, kfp" \
+    && /opt/platepipe/bin/python -c "import platepipe.serving.container, platepipe.serving.handler, platepipe.serving.reader, platepipe.components.local_server, ts.model_server, ts.model_service_worker, mmcv.ops, mmdet, kfp" \
     && rm -rf /tmp/platepipe-cache
 
 # ---- steps: the pipeline's components (kfp.image); CUDA runtime, Python, the venv -------------------------------
