@@ -96,7 +96,7 @@ def main() -> None:
 
     import torch
 
-    import platepipe.components.mm_parts  # noqa: F401  registers the project's parts
+    import platepipe.components.mm  # noqa: F401  registers the project's parts
     from mmdet.utils import register_all_modules
 
     torch.set_num_threads(args.threads)

@@ -190,8 +190,8 @@ def runner_config(stage: str, cfg: dict, data_dir: Path, work_dir: Path, spec: T
 
 def ema_hook(iters: int) -> dict:
     """An exponential moving average of the weights, used for validation and saved as the checkpoint's weights
-    (components.mm_parts.ema_momentum: at the end it averages over the last sixth of the schedule)."""
-    from platepipe.components.mm_parts import ema_momentum
+    (components.mm.optim.ema_momentum: at the end it averages over the last sixth of the schedule)."""
+    from platepipe.components.mm.optim import ema_momentum
 
     momentum, gamma = ema_momentum(iters)
     return dict(type="EMAHook", ema_type="FastExpMomentumEMA", momentum=momentum, gamma=gamma, update_buffers=True,
@@ -204,7 +204,7 @@ def train_stage(stage: str, data_dir: Path, out_dir: Path, spec: TrainSpec, nega
     """Train one stage; return its model config, its best checkpoint and its best validation metrics.
     negatives: the reader's negatives file (it may appear during the training); hooks: more Hook objects;
     budget_min, deadline: see runner_config."""
-    import platepipe.components.mm_parts  # noqa: F401  registers the project's dataset, transform, metric and hooks
+    import platepipe.components.mm  # noqa: F401  registers the project's dataset, transform, metric and hooks
     from mmdet.utils import register_all_modules
     from mmengine.config import Config
     from mmengine.runner import Runner
@@ -305,7 +305,7 @@ def _train_at_once(data_dir: Path, out_dir: Path, spec: TrainSpec, negatives: Pa
 
     import torch
 
-    from platepipe.components.mm_parts import DetectorWatchHook
+    from platepipe.components.mm.stages import DetectorWatchHook
 
     cores = cpu_cores()
     det_threads = max(1, cores // 2)
@@ -367,7 +367,7 @@ def _detector_job(job: dict) -> None:
     stops when its parent is gone (killed), so that no training is left behind."""
     import torch
 
-    from platepipe.components.mm_parts import MineNegativesHook
+    from platepipe.components.mm.stages import MineNegativesHook
 
     torch.set_num_threads(job["threads"])
     parent = job["parent"]
@@ -397,7 +397,7 @@ def mine_negatives(cfg: dict, weights, data_dir: Path, out_file: Path, seed: int
     import numpy as np
     import torch
 
-    from platepipe.components.mm_parts import read_image
+    from platepipe.components.mm.data import read_image
     from platepipe.serving.reader import build_model, infer_size, native_bf16, resize_long, run_model
 
     if out_file.is_file():

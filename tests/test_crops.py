@@ -67,7 +67,7 @@ def test_the_detectors_training_crop_holds_whole_plates(size, plate):
     falls back to a plain random crop where none does."""
     from mmdet.structures.bbox import HorizontalBoxes
 
-    from platepipe.components import mm_parts as parts
+    from platepipe.components.mm import data as parts
 
     crop = parts.PlateRandomCrop(crop_size=size, allow_negative_crop=True, whole_prob=1.0)
     np.random.seed(0)
@@ -115,7 +115,7 @@ def test_a_plate_region_in_memory_crops_as_the_whole_photo(tmp_path):
     the region), and a region loaded once is not read from disk again."""
     import cv2
 
-    from platepipe.components import mm_parts as parts
+    from platepipe.components.mm import data as parts
 
     path = tmp_path / "photo.png"
     cv2.imwrite(str(path), _photo())
@@ -147,7 +147,7 @@ def test_a_jittered_box_past_its_region_crops_from_the_whole_photo(tmp_path):
     """A box moved far past the region kept in memory is cut from the photo read again, as it would have been."""
     import cv2
 
-    from platepipe.components import mm_parts as parts
+    from platepipe.components.mm import data as parts
 
     path = tmp_path / "photo.png"
     cv2.imwrite(str(path), _photo(1))

@@ -56,7 +56,7 @@ def test_fast_weight_average_matches_mmdets():
     weights in either layout."""
     from mmdet.models.layers import ExpMomentumEMA
 
-    from platepipe.components.mm_parts import FastExpMomentumEMA
+    from platepipe.components.mm.optim import FastExpMomentumEMA
 
     torch.manual_seed(0)
     for layout in (torch.contiguous_format, torch.channels_last):
@@ -82,7 +82,7 @@ def test_the_optimiser_groups_weights_of_equal_settings(data_dir, trained):
     stage's checkpoint holds those groups; and a step updates the weights exactly as the per-weight groups do."""
     from mmengine.optim import build_optim_wrapper
 
-    import platepipe.components.mm_parts  # noqa: F401
+    import platepipe.components.mm  # noqa: F401
     from platepipe.components.train import _stage_cfg, runner_config
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
@@ -366,7 +366,7 @@ class FakeClock:
 def test_a_time_budget_fits_the_schedule_instead_of_cutting_it(data_dir, tmp_path, capsys, monkeypatch):
     """3,000 iterations at 0.15 s each cannot run in 18 s: training is shortened and the learning-rate decay
     moved so that it still ends at its floor, not cut off at a high rate."""
-    from platepipe.components import mm_parts as parts
+    from platepipe.components.mm import schedule as parts
     from platepipe.components.train import train_stage
     clock = FakeClock(per_iter=0.15)
     monkeypatch.setattr(parts, "time", clock)
@@ -391,7 +391,7 @@ def _fitted(monkeypatch, val_seconds: float, val_interval: int = 100000, decay_b
     per iteration, after one validation of val_seconds (0: none yet)."""
     from types import SimpleNamespace
 
-    from platepipe.components import mm_parts as parts
+    from platepipe.components.mm import schedule as parts
 
     class CosineAnnealingLR(SimpleNamespace):
         pass
@@ -445,7 +445,7 @@ def test_the_time_budget_keeps_back_time_for_the_validations_to_come(monkeypatch
 def _loop(max_iters: int, val_interval: int, val_begin: int, refit: dict | None = None):
     """An EndAlignedTrainLoop run over a stand-in runner; refit {iteration: new max_iters} moves the end as the
     time budget does. Returns the iterations it validated after, and the loop."""
-    from platepipe.components.mm_parts import EndAlignedTrainLoop
+    from platepipe.components.mm.schedule import EndAlignedTrainLoop
 
     loop = object.__new__(EndAlignedTrainLoop)  # the loop's own logic, without a dataloader to build
     validated = []
@@ -497,7 +497,7 @@ def test_the_time_budget_counts_from_the_train_steps_start(monkeypatch):
     training starts: the imports, the runner and the data it spent before are counted; a tenth at least."""
     from types import SimpleNamespace
 
-    from platepipe.components import mm_parts as parts
+    from platepipe.components.mm import schedule as parts
 
     now = [5000.0]
     monkeypatch.setattr(parts.time, "time", lambda: now[0])
@@ -516,7 +516,7 @@ def test_the_time_budget_refits_a_decay_under_way_from_where_it_is(monkeypatch):
     the current rate to its floor at the new end); the weight average settles to the new length too."""
     from types import SimpleNamespace
 
-    from platepipe.components.mm_parts import ema_momentum
+    from platepipe.components.mm.optim import ema_momentum
 
     ema = SimpleNamespace(momentum=0.0, gamma=0)
     loop, decay = _fitted(monkeypatch, 0, decay_begin=50, ema=ema)
@@ -752,7 +752,7 @@ def test_native_bf16_is_a_plain_answer_even_without_onednn(monkeypatch):
 
 
 def test_checkpoints_are_chosen_at_the_character_score_serving_reads_at():
-    from platepipe.components.mm_parts import PlateReadMetric
+    from platepipe.components.mm.metric import PlateReadMetric
     from platepipe.pipeline.config import load_config
     from platepipe.serving.reader import CHAR_SCORE
 

@@ -75,7 +75,7 @@ def test_negatives_are_kept_on_resume(data_dir, eager_detector, tmp_path):
 
 
 def test_a_negative_is_a_crop_with_nothing_to_read(data_dir, tmp_path):
-    import platepipe.components.mm_parts  # noqa: F401  registers the dataset and transforms
+    import platepipe.components.mm  # noqa: F401  registers the dataset and transforms
     from mmdet.registry import DATASETS
     from mmdet.utils import register_all_modules
     from mmengine.registry import DefaultScope
@@ -110,7 +110,7 @@ def test_precision_choice():
 
 
 def test_bf16_wrapper_computes_in_bf16_and_keeps_float32_weights():
-    from platepipe.components import mm_parts as parts
+    from platepipe.components.mm import optim as parts
 
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
     before = model[0].weight.detach().clone()
@@ -136,7 +136,7 @@ def test_negatives_written_while_the_reader_trains_are_taken_up(data_dir, tmp_pa
     """Trained beside the detector, the reader starts before the negatives exist: the dataset holds places for
     them (the share of the plate count) that stand in for plates, and takes the negatives up once the file is
     written, as plates are no longer where negatives now are."""
-    from platepipe.components import mm_parts as parts
+    from platepipe.components.mm import data as parts
     from mmdet.registry import DATASETS
     from mmdet.utils import register_all_modules
     from mmengine.registry import DefaultScope
