@@ -1,0 +1,2 @@
+"""The `platepipe` commands, one module per kind: model, serving, kubeflow, checks (pipeline/cli.py assembles
+them)."""
