@@ -60,8 +60,9 @@ def main() -> None:
     if args.from_run:
         adopt_run(Path(args.from_run), work)
     from platepipe.components.data import DataSpec, generate
+    from platepipe.pipeline.config import settings
     from platepipe.components.evaluate import evaluate
-    from platepipe.components.train import TrainSpec, train
+    from platepipe.components.train import train
     from platepipe.serving.images import read_image_file
     from platepipe.serving.reader import PlateReader
 
@@ -71,7 +72,7 @@ def main() -> None:
     pth = work / "train" / "pipeline.pth"
     started = time.monotonic()
     if not pth.exists():
-        train(data, work / "train", TrainSpec(preset="quick", val_interval=200, time_budget_min=args.budget_min))
+        train(data, work / "train", settings("model", preset="quick"), settings("train", val_interval=200, time_budget_min=args.budget_min))
     train_min = (time.monotonic() - started) / 60
     if (work / "train_seconds.json").exists():  # trained by a local run
         train_min = json.loads((work / "train_seconds.json").read_text()) / 60

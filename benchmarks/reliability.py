@@ -135,14 +135,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=120)
     args = parser.parse_args()
 
-    from platepipe.components.archive import ServingSpec, archive
+    from platepipe.components.archive import archive
     from platepipe.pipeline.config import load_config
     from platepipe.components import local_server as server
 
     cfg = load_config().serving
     layout = args.work / "layout"
     if not (layout / "model-store").is_dir():
-        archive(args.model, layout, ServingSpec.from_config(cfg, bind_address="127.0.0.1"))
+        archive(args.model, layout, cfg)
     ports = [server.free_port() for _ in range(3)]
     srv = server.start(layout, inference_port=ports[0], management_port=ports[1], metrics_port=ports[2], timeout=600)
     results: dict = {"model": str(args.model), "limits": {k: getattr(cfg, k) for k in (

@@ -70,7 +70,8 @@ def main() -> None:
     args = parser.parse_args()
     import cv2
 
-    from platepipe.components.archive import ServingSpec, archive
+    from platepipe.components.archive import archive
+    from platepipe.pipeline.config import settings
     from platepipe.components.data import DataSpec, generate
     from platepipe.components import client, local_server as server
 
@@ -91,8 +92,8 @@ def main() -> None:
 
     layout = work / "layout"
     if not (layout / "config" / "config.properties").exists():
-        archive(args.model, layout, ServingSpec(batch_size=batch, max_batch_delay_ms=20, workers_per_model=1,
-                                                max_request_size_mb=16))
+        archive(args.model, layout, settings("serving", batch_size=batch, max_batch_delay_ms=20,
+                                                         workers_per_model=1, max_request_size_mb=16))
     ports = [server.free_port() for _ in range(3)]
     started = time.perf_counter()
     srv = server.start(layout, inference_port=ports[0], management_port=ports[1], metrics_port=ports[2],

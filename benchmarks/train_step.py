@@ -43,7 +43,9 @@ def block(stage: str, data: Path, steps: int, setup: str) -> list[float]:
     from mmengine.hooks import Hook
     from mmengine.runner import Runner
 
-    from platepipe.components.train import TrainSpec, _stage_cfg, fast_layers, runner_config, trusted_checkpoints
+    from platepipe.components.train import _stage_cfg, fast_layers, runner_config, trusted_checkpoints
+
+    from platepipe.pipeline.config import settings
 
     times: list[float] = []
 
@@ -57,10 +59,10 @@ def block(stage: str, data: Path, steps: int, setup: str) -> list[float]:
             self.last = now
 
     # workers 0: as in the local run, each stage loads its data in its own process
-    spec = TrainSpec(preset="quick", max_iters=steps + SKIP + 1, resume=False, workers=0)
-    cfg = _stage_cfg(stage, spec)
+    spec = settings("model", preset="quick"), settings("train", max_iters=steps + SKIP + 1, resume=False, workers=0)
+    cfg = _stage_cfg(stage, *spec)
     with tempfile.TemporaryDirectory() as work:
-        rc = runner_config(stage, cfg, data, Path(work), spec)
+        rc = runner_config(stage, cfg, data, Path(work), *spec)
         rc["train_cfg"].update(val_interval=10 ** 9, val_begin=10 ** 9)
         rc["default_hooks"]["checkpoint"] = dict(type="CheckpointHook", interval=10 ** 9, save_last=False)
         rc["custom_hooks"] = [h for h in rc["custom_hooks"] if h["type"] == "EMAHook"]

@@ -10,50 +10,25 @@ TorchServe loads, so the handler runs the code it was archived with.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
+from platepipe.pipeline.config import ServingConfig, settings
 from platepipe.serving.handler import LIMITS_FILE  # what one request may ask of the worker (handler.Limits)
 
 ARCHIVED_PACKAGE = "platepipe_serving"
 HANDLER_MODULE = f"from {ARCHIVED_PACKAGE}.handler import handle  # noqa: F401  TorchServe calls handle(data, context)\n"
+MODEL_STORE = "/mnt/models/model-store"  # where KServe's storage initializer puts the .mar
 
 
-@dataclass(frozen=True)
-class ServingSpec:
-    """What config.properties says; from the `serving` section of the run configuration."""
-
-    model_name: str = "pipeline"
-    inference_port: int = 8085
-    management_port: int = 8081
-    metrics_port: int = 8082
-    bind_address: str = "0.0.0.0"
-    workers_per_model: int = 1
-    batch_size: int = 4
-    max_batch_delay_ms: int = 50
-    response_timeout_s: int = 120
-    max_request_size_mb: int = 16
-    max_images_per_request: int = 16
-    max_request_pixels: int = 64_000_000
-    max_request_decoded_mb: int = 512
-    token_auth: bool = False  # in the cluster the endpoint sits behind KServe's ingress
-    gpus: int | None = None
-    model_store: str = "/mnt/models/model-store"
-
-    @classmethod
-    def from_config(cls, serving, **changes) -> "ServingSpec":
-        fields = {k: getattr(serving, k) for k in cls.__dataclass_fields__ if hasattr(serving, k)}
-        fields.update(changes)
-        return cls(**fields)
-
-
-def config_properties(spec: ServingSpec) -> str:
+def config_properties(spec: ServingConfig, model_store: str = MODEL_STORE) -> str:
+    """TorchServe's config.properties for the `serving` settings, serving the .mar from model_store."""
     snapshot = {"name": "startup.cfg", "modelCount": 1, "models": {spec.model_name: {"1.0": {
         "defaultVersion": True, "marName": f"{spec.model_name}.mar", "minWorkers": spec.workers_per_model,
         "maxWorkers": spec.workers_per_model, "batchSize": spec.batch_size, "maxBatchDelay": spec.max_batch_delay_ms,
@@ -65,7 +40,7 @@ def config_properties(spec: ServingSpec) -> str:
         grpc_management_port=spec.inference_port + 1000 - 14, workers=spec.workers_per_model,
         response_timeout=spec.response_timeout_s, max_request_size=spec.max_request_size_mb * 1024 * 1024,
         number_of_gpu_line="" if spec.gpus is None else f"number_of_gpu={spec.gpus}\n",
-        disable_token_authorization=str(not spec.token_auth).lower(), model_store=spec.model_store,
+        disable_token_authorization=str(not spec.token_auth).lower(), model_store=model_store,
         model_snapshot=json.dumps(snapshot, separators=(",", ":")))
 
 
@@ -74,11 +49,14 @@ def properties_keys(text: str) -> list[str]:
             if line.strip() and not line.lstrip().startswith("#") and "=" in line]
 
 
-def archive(model: str | Path, out_dir: str | Path, spec: ServingSpec = ServingSpec(), version: str = "1.0") -> Path:
-    """Write OUT/model-store/<name>.mar and OUT/config/config.properties; return OUT."""
+def archive(model: str | Path, out_dir: str | Path, spec: ServingConfig | None = None, version: str = "1.0") -> Path:
+    """Write OUT/model-store/<name>.mar and OUT/config/config.properties for the `serving` settings (default:
+    configs/default.yaml's); return OUT. The layout is KServe's: TorchServe binds 0.0.0.0 without token
+    authorisation, behind KServe's ingress (`platepipe serve` rewrites both for loopback)."""
     from platepipe.serving.reader import check_pipeline
 
     model, out_dir = Path(model), Path(out_dir)
+    spec = dataclasses.replace(spec or settings("serving"), bind_address="0.0.0.0", token_auth=False)
     check_pipeline(model)  # refuse anything serving could not load (digest, both stages built)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} exists and is not empty: choose a new --out folder or delete it")

@@ -22,7 +22,6 @@ import numpy as np
 
 from platepipe.serving.labels import CLASSES, PLATE_TYPES, category_id
 from platepipe.serving.plates import Detection, decode, iou
-from platepipe.serving.reader import CHAR_SCORE, PLATE_SCORE
 
 SIZE_BUCKETS = ((0, 120, "small (<120 px)"), (120, 240, "medium (120-240 px)"), (240, 480, "large (240-480 px)"),
                 (480, 1e9, "huge (>=480 px)"))
@@ -57,7 +56,7 @@ def truth_plates(coco: dict) -> dict[int, list[dict]]:
             text = a.get("text")
             if not text:
                 read = decode([d for d in dets if d.label not in PLATE_TYPES] + [Detection(kind, 1.0, _xyxy(a["bbox"]))],
-                              keep_partial=True)
+                              plate_score=0.0, char_score=0.0, keep_partial=True)
                 text = read[0]["plate"] if read else "???????"
             plates.append({"type": kind, "text": text, "bbox": _xyxy(a["bbox"])})
         out[image_id] = plates
@@ -112,13 +111,14 @@ def ood_sets(data_dir: str | Path) -> dict[str, Path]:
 
 
 def evaluate(model, data_dir: str | Path, out_dir: str | Path, split: str = "test",
-             plate_score: float = PLATE_SCORE, char_score: float = CHAR_SCORE, iou_threshold: float = 0.5,
+             plate_score: float | None = None, char_score: float | None = None, iou_threshold: float = 0.5,
              report_worst: int = 12, device: str = "auto", batch: int = 4, progress: bool = True,
              ood: bool = True) -> dict:
     """Run the reader over a split and, where ood, over every out-of-distribution set beside the data set; write
     OUT/metrics.json and OUT/report.html; return the metrics (the split's, with each set's under "ood").
 
-    model: a pipeline.pth path, or any object with predict(images) -> [ImageResult] (a PlateReader)."""
+    model: a pipeline.pth path, or any object with predict(images) -> [ImageResult] (a PlateReader); it reads at
+    its own thresholds (pipeline.pth `thresholds`) unless plate_score or char_score say otherwise."""
     from platepipe.serving.reader import PlateReader
 
     data_dir, out_dir = Path(data_dir), Path(out_dir)

@@ -50,15 +50,17 @@ def _plain(obj):
     return json.loads(json.dumps(obj))
 
 
-def export(path: str | Path, stages: dict, metrics: dict | None = None, data_dir: Path | None = None,
-           train_spec: dict | None = None) -> Path:
-    """Write pipeline.pth from {stage: (model config dict, mmengine checkpoint path)}; return the path."""
+def export(path: str | Path, stages: dict, thresholds: dict[str, float], metrics: dict | None = None,
+           data_dir: Path | None = None, train_spec: dict | None = None) -> Path:
+    """Write pipeline.pth from {stage: (model config dict, mmengine checkpoint path)} and the scores the model
+    reads at (model.thresholds); return the path."""
     import torch
 
     payload = {"format": FORMAT, "classes": list(CLASSES),
                "plate_format": {"sub_text": list(SUB_PATTERN), "main_text": list(MAIN_PATTERN), "letters": list(LETTERS),
                                 "example": "38D4831"},
                "metrics": _plain(metrics or {}), "data_fingerprint": data_fingerprint(data_dir),
+               "thresholds": {k: float(v) for k, v in thresholds.items()},
                "train": _plain(train_spec or {}), "versions": _versions(),
                "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     for stage in STAGES:

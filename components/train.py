@@ -19,6 +19,7 @@ reader takes them up as soon as they are written. On a GPU they train one after 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -27,11 +28,11 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from platepipe.components.export import checkpoint_weights, export, trusted_checkpoints
 from platepipe.configs.model import PRESETS, stage_config
+from platepipe.pipeline.config import ModelConfig, TrainConfig
 from platepipe.serving.labels import PLATE_TYPES
 
 STAGES = ("detector", "reader")
@@ -42,31 +43,9 @@ MINE_AT = 0.6
 # the time budget counts from train()'s start: each stage ends this many seconds before it runs out, for the export
 WRAP_UP_S = 5
 VAL_FROM = 0.9  # of a stage's schedule: where validations begin (at the end, and every val_interval before it)
-# the reader's negatives: detections scoring at least NEGATIVE_SCORE (boxes serving reads too) that touch no labelled
-# plate, in up to NEGATIVE_IMAGES training images; the surest NEGATIVE_SHARE x the plate count are kept
-NEGATIVE_SCORE, NEGATIVE_IMAGES, NEGATIVE_SHARE = 0.3, 500, 0.25
-
-
-@dataclass(frozen=True)
-class TrainSpec:
-    preset: str = "quick"
-    max_iters: int | None = None      # per stage; None = the preset's
-    batch_size: int | None = None
-    lr: float | None = None
-    val_interval: int = 200
-    seed: int = 0
-    workers: int | None = None      # data-loading processes per stage; None = the preset's
-    resume: bool = True
-    time_budget_min: float | None = None
-    precision: str = "auto"         # auto (bf16 where the hardware computes it natively) | fp32 | bf16
-    parallel: str = "auto"          # train the stages at once: auto (on a CPU with 2+ cores) | on | off
-
-    @classmethod
-    def from_config(cls, cfg) -> "TrainSpec":
-        t = cfg.train
-        return cls(preset=cfg.model.preset, max_iters=t.max_iters, batch_size=t.batch_size, lr=t.lr,
-                   val_interval=t.val_interval, seed=t.seed, workers=t.workers, resume=t.resume,
-                   time_budget_min=t.time_budget_min, precision=t.precision, parallel=t.parallel)
+# the reader's negatives: detections the model would read (model.plate_score and up) that touch no labelled plate,
+# in up to NEGATIVE_IMAGES training images; the surest NEGATIVE_SHARE x the plate count are kept
+NEGATIVE_IMAGES, NEGATIVE_SHARE = 500, 0.25
 
 
 def cpu_cores(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
@@ -96,7 +75,7 @@ def cpu_quota(cgroup: Path) -> float | None:
         return None
 
 
-def parallel(spec: TrainSpec) -> bool:
+def parallel(spec: TrainConfig) -> bool:
     """Train the two stages at once? "on"/"off" as said; "auto": on a CPU (no GPU to train on) with 2+ cores."""
     if spec.parallel in ("on", "off"):
         return spec.parallel == "on"
@@ -124,7 +103,7 @@ def check_data(data_dir: Path) -> None:
                                 f"make one with `platepipe data --out {data_dir}`")
 
 
-def runner_config(stage: str, cfg: dict, data_dir: Path, work_dir: Path, spec: TrainSpec,
+def runner_config(stage: str, cfg: dict, data_dir: Path, work_dir: Path, model: ModelConfig, spec: TrainConfig,
                   negatives: Path | None = None, budget_min: float | None = None,
                   deadline: float | None = None) -> dict:
     """The MMEngine runner settings for one stage. negatives: the reader's negatives file; budget_min: the
@@ -138,7 +117,7 @@ def runner_config(stage: str, cfg: dict, data_dir: Path, work_dir: Path, spec: T
     else:
         dataset = dict(type="PlateCropDataset", data_root=data_root, data_prefix=dict(img=data_root),
                        metainfo=dict(classes=classes))
-        evaluator = dict(type="PlateReadMetric")
+        evaluator = dict(type="PlateReadMetric", score_threshold=model.char_score)
     train_set = dict(dataset, ann_file="train.json", pipeline=cfg["train_pipeline"],
                      **({"negatives": str(negatives), "negative_share": NEGATIVE_SHARE} if negatives else {}))
     val_set = dict(dataset, ann_file="val.json", pipeline=cfg["test_pipeline"], test_mode=True)
@@ -198,7 +177,8 @@ def ema_hook(iters: int) -> dict:
                 priority=49)
 
 
-def train_stage(stage: str, data_dir: Path, out_dir: Path, spec: TrainSpec, negatives: Path | None = None,
+def train_stage(stage: str, data_dir: Path, out_dir: Path, model: ModelConfig, spec: TrainConfig,
+                negatives: Path | None = None,
                 budget_min: float | None = None, hooks: tuple = (), deadline: float | None = None
                 ) -> tuple[dict, Path, dict]:
     """Train one stage; return its model config, its best checkpoint and its best validation metrics.
@@ -210,15 +190,15 @@ def train_stage(stage: str, data_dir: Path, out_dir: Path, spec: TrainSpec, nega
     from mmengine.runner import Runner
 
     register_all_modules(init_default_scope=False)
-    cfg = _stage_cfg(stage, spec)
+    cfg = _stage_cfg(stage, model, spec)
     work_dir = out_dir / stage
     work_dir.mkdir(parents=True, exist_ok=True)
-    runner_cfg = runner_config(stage, cfg, data_dir, work_dir, spec, negatives=negatives, budget_min=budget_min,
+    runner_cfg = runner_config(stage, cfg, data_dir, work_dir, model, spec, negatives=negatives, budget_min=budget_min,
                                deadline=deadline)
     if not spec.resume or not (work_dir / "last_checkpoint").exists():
         runner_cfg["resume"] = False
     precision = "bf16" if bf16(spec.precision) else "fp32"
-    print(f"training {stage} ({spec.preset}: {cfg['max_iters']} iterations, batch {cfg['batch_size']}, {precision})",
+    print(f"training {stage} ({model.preset}: {cfg['max_iters']} iterations, batch {cfg['batch_size']}, {precision})",
           flush=True)
     with trusted_checkpoints():
         runner = Runner.from_cfg(Config(runner_cfg))
@@ -266,43 +246,42 @@ def _best_metrics(work_dir: Path, key: str) -> dict:
     return best
 
 
-def train(data_dir: str | Path, out_dir: str | Path, spec: TrainSpec) -> Path:
-    """Train both stages and export OUT/pipeline.pth; return its path."""
-
-    import dataclasses
+def train(data_dir: str | Path, out_dir: str | Path, model: ModelConfig, spec: TrainConfig) -> Path:
+    """Train both stages (the `model` and `train` sections of the configuration) and export OUT/pipeline.pth,
+    which carries the model's thresholds; return its path."""
 
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     check_data(data_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     negatives = out_dir / "negatives.json"
     if spec.time_budget_min is None:  # the preset's (quick: what fits the local run into 15 minutes)
-        spec = dataclasses.replace(spec, time_budget_min=PRESETS[spec.preset].get("time_budget_min"))
+        spec = dataclasses.replace(spec, time_budget_min=PRESETS[model.preset].get("time_budget_min"))
     deadline = time.time() + spec.time_budget_min * 60 - WRAP_UP_S if spec.time_budget_min else None
     if spec.time_budget_min:
         print(f"training for at most {spec.time_budget_min:g} minutes (train.time_budget_min)", flush=True)
     if parallel(spec):
-        stages = _train_at_once(data_dir, out_dir, spec, negatives, deadline)
+        stages = _train_at_once(data_dir, out_dir, model, spec, negatives, deadline)
     else:
         total, start = spec.time_budget_min, time.monotonic()
-        stages = {"detector": train_stage("detector", data_dir, out_dir, spec,
+        stages = {"detector": train_stage("detector", data_dir, out_dir, model, spec,
                                           budget_min=total * DETECTOR_SHARE if total else None)}
         det_cfg, det_ckpt, _ = stages["detector"]
-        mine_negatives(det_cfg, det_ckpt, data_dir, negatives, seed=spec.seed)
+        mine_negatives(det_cfg, det_ckpt, data_dir, negatives, model.plate_score, seed=spec.seed)
         left = max(total * (1 - DETECTOR_SHARE) / 2, total - (time.monotonic() - start) / 60) if total else None
-        stages["reader"] = train_stage("reader", data_dir, out_dir, spec, negatives=negatives, budget_min=left,
+        stages["reader"] = train_stage("reader", data_dir, out_dir, model, spec, negatives=negatives, budget_min=left,
                                        deadline=deadline)
     metrics = {stage: {k: v for k, v in m.items() if "/" in k} for stage, (_, _, m) in stages.items()}
     return export(out_dir / "pipeline.pth",
                   {stage: (cfg, ckpt) for stage, (cfg, ckpt, _) in stages.items()},
-                  metrics=metrics, data_dir=data_dir, train_spec=spec.__dict__)
+                  metrics=metrics, data_dir=data_dir, thresholds=model.thresholds,
+                  train_spec={"preset": model.preset, **dataclasses.asdict(spec)})
 
 
-def _train_at_once(data_dir: Path, out_dir: Path, spec: TrainSpec, negatives: Path, deadline: float | None) -> dict:
+def _train_at_once(data_dir: Path, out_dir: Path, model: ModelConfig, spec: TrainConfig, negatives: Path,
+                   deadline: float | None) -> dict:
     """The detector (and its mining) in a child process on half the cores, the reader here on the others (and
     on every core once the child is done). Data loading stays in each training process unless
     train.workers says otherwise (a loader process would take the other stage's core)."""
-    import dataclasses
-
     import torch
 
     from platepipe.components.mm.stages import DetectorWatchHook
@@ -311,7 +290,8 @@ def _train_at_once(data_dir: Path, out_dir: Path, spec: TrainSpec, negatives: Pa
     det_threads = max(1, cores // 2)
     spec = dataclasses.replace(spec, workers=0 if spec.workers is None else spec.workers)
     total = spec.time_budget_min
-    job = {"data_dir": str(data_dir), "out_dir": str(out_dir), "spec": dataclasses.asdict(spec), "budget_min": total,
+    job = {"data_dir": str(data_dir), "out_dir": str(out_dir), "model": dataclasses.asdict(model),
+           "train": dataclasses.asdict(spec), "budget_min": total,
            "deadline": deadline, "threads": det_threads, "parent": os.getpid()}
     env = dict(os.environ, OMP_NUM_THREADS=str(det_threads), PYTHONUNBUFFERED="1")
     print(f"training both stages at once: the detector on {det_threads} of {cores} cores, the reader on the rest",
@@ -322,7 +302,7 @@ def _train_at_once(data_dir: Path, out_dir: Path, spec: TrainSpec, negatives: Pa
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(max(1, cores - det_threads))
-        reader = train_stage("reader", data_dir, out_dir, spec, negatives=negatives, budget_min=total,
+        reader = train_stage("reader", data_dir, out_dir, model, spec, negatives=negatives, budget_min=total,
                              hooks=(DetectorWatchHook(child, cores),), deadline=deadline)
         if child.poll() is None:
             print("  reader done: waiting for the detector", flush=True)
@@ -340,12 +320,12 @@ def _train_at_once(data_dir: Path, out_dir: Path, spec: TrainSpec, negatives: Pa
         for relay in relays:
             relay.join(5)
     work_dir = out_dir / "detector"
-    return {"detector": (_stage_cfg("detector", spec), best_checkpoint(work_dir),
+    return {"detector": (_stage_cfg("detector", model, spec), best_checkpoint(work_dir),
                          _best_metrics(work_dir, BEST_METRIC["detector"])), "reader": reader}
 
 
-def _stage_cfg(stage: str, spec: TrainSpec) -> dict:
-    return stage_config(stage, spec.preset, max_iters=spec.max_iters, batch_size=spec.batch_size, lr=spec.lr)
+def _stage_cfg(stage: str, model: ModelConfig, spec: TrainConfig) -> dict:
+    return stage_config(stage, model.preset, max_iters=spec.max_iters, batch_size=spec.batch_size, lr=spec.lr)
 
 
 def _relay(stream, target) -> threading.Thread:
@@ -378,20 +358,21 @@ def _detector_job(job: dict) -> None:
         os._exit(1)
 
     threading.Thread(target=watch_parent, daemon=True).start()
-    data_dir, out_dir, spec = Path(job["data_dir"]), Path(job["out_dir"]), TrainSpec(**job["spec"])
-    cfg, negatives = _stage_cfg("detector", spec), out_dir / "negatives.json"
+    data_dir, out_dir = Path(job["data_dir"]), Path(job["out_dir"])
+    model, spec = ModelConfig(**job["model"]), TrainConfig(**job["train"])
+    cfg, negatives = _stage_cfg("detector", model, spec), out_dir / "negatives.json"
 
-    def mine(model) -> None:
-        mine_negatives(cfg, model, data_dir, negatives, seed=spec.seed)
+    def mine(detector) -> None:
+        mine_negatives(cfg, detector, data_dir, negatives, model.plate_score, seed=spec.seed)
 
-    _, ckpt, _ = train_stage("detector", data_dir, out_dir, spec, budget_min=job["budget_min"],
+    _, ckpt, _ = train_stage("detector", data_dir, out_dir, model, spec, budget_min=job["budget_min"],
                              hooks=(MineNegativesHook(MINE_AT, mine),), deadline=job.get("deadline"))
-    mine_negatives(cfg, ckpt, data_dir, negatives, seed=spec.seed)  # resumed past MINE_AT without them
+    mine_negatives(cfg, ckpt, data_dir, negatives, model.plate_score, seed=spec.seed)  # resumed past MINE_AT
 
 
-def mine_negatives(cfg: dict, weights, data_dir: Path, out_file: Path, seed: int = 0) -> Path:
+def mine_negatives(cfg: dict, weights, data_dir: Path, out_file: Path, plate_score: float, seed: int = 0) -> Path:
     """Run the detector (`weights`: its checkpoint, or the model in training) over training images and write, as
-    the reader's negatives, its detections that touch no labelled plate (text, clutter): the reader learns to
+    the reader's negatives, its detections scoring plate_score or more that touch no labelled plate (text, clutter): the reader learns to
     read nothing there, so that a false detection does not become a false plate. Kept from an earlier run on
     the same OUT (resume)."""
     import numpy as np
@@ -427,7 +408,7 @@ def mine_negatives(cfg: dict, weights, data_dir: Path, out_file: Path, seed: int
             small, scale = resize_long(img, infer_size(cfg))
             pred = run_model(model, [small], [scale], fast)[0]
             for box, score in zip(pred.bboxes.tolist(), pred.scores.tolist()):
-                if score >= NEGATIVE_SCORE and not any(_touch(box, p) for p in plates.get(image["id"], [])):
+                if score >= plate_score and not any(_touch(box, p) for p in plates.get(image["id"], [])):
                     found.append({"file_name": image["file_name"], "height": image["height"], "width": image["width"],
                                   "bbox": [round(v, 1) for v in box], "score": round(score, 3)})
     finally:

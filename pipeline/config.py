@@ -100,9 +100,19 @@ class ModelConfig(_Section):
     preset: Literal["quick", "full", "tiny"]  # tiny: tests only (configs/model PRESETS)
     pretrained: Optional[str]
     device: Literal["auto", "cpu", "cuda"]
+    plate_score: float
+    char_score: float
+    read_score: float
 
     def check(self) -> None:
         _not_empty(self, "pretrained")
+        for name in ("plate_score", "char_score", "read_score"):
+            _between(self, name, 0.0, 1.0)
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        """What pipeline.pth carries: the scores the model reads at, in training, evaluation and serving."""
+        return {"plate_score": self.plate_score, "char_score": self.char_score, "read_score": self.read_score}
 
 
 @dataclass(frozen=True)
@@ -132,14 +142,12 @@ class TrainConfig(_Section):
 @dataclass(frozen=True)
 class EvaluateConfig(_Section):
     min_eir: float
-    plate_score: float
-    char_score: float
     iou_threshold: float
     report_worst: int
     gate_set: str
 
     def check(self) -> None:
-        for name in ("min_eir", "plate_score", "char_score", "iou_threshold"):
+        for name in ("min_eir", "iou_threshold"):
             _between(self, name, 0.0, 1.0)
         _between(self, "report_worst", 0, 1000)
         sets = ("test", *OOD_SETS)
@@ -438,12 +446,18 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
     return value
 
 
+# settings that moved to another section: a file that still has one is told where it went
+MOVED = {"evaluate.plate_score": "model.plate_score", "evaluate.char_score": "model.char_score"}
+
+
 def _build(cls: type, raw: Any, path: str) -> Any:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path or 'config'}: expected a mapping of settings, got {type(raw).__name__} {raw!r}")
     hints = typing.get_type_hints(cls)
     for key in raw:
         if key not in hints:
+            if _join(path, key) in MOVED:
+                raise ConfigError(f"{_join(path, key)}: this setting is now {MOVED[_join(path, key)]}; move it there")
             raise ConfigError(f"{_join(path, key)}: unknown key{_did_you_mean(key, list(hints))}")
     missing = [k for k in hints if k not in raw]
     if missing:
@@ -574,6 +588,13 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     return _build(Config, raw, "")
 
 
+def settings(section: str, **changes: Any):
+    """One section of the default configuration with `changes`, checked as any configuration is: what a step
+    takes when called from Python (a test, a benchmark) without a run's configuration."""
+    current = getattr(load_config(), section)
+    return dataclasses.replace(current, **changes) if changes else current
+
+
 def config_from_text(text: str, where: str = "the config parameter") -> Config:
     """A Config from YAML text (the pipeline's `config` parameter): defaults, then the keys the text sets."""
     user = _parse_yaml(text, where) if text.strip() else {}
@@ -605,7 +626,7 @@ def dump_config(cfg: Config, one_line: bool = False) -> str:
 STEP_SECTIONS = {
     "data": ("data",),
     "train": ("model", "train"),
-    "evaluate": ("evaluate",),
+    "evaluate": ("evaluate",),  # the model's thresholds travel inside pipeline.pth
     "archive": ("serving",),
     "upload": ("gcs",),
     "deploy": ("deploy", "serving"),

@@ -81,14 +81,15 @@ def train_or_fetch(config: str, pretrained_model: str, data_dir: str, model_path
         else:
             if cfg.model.device == "cpu":
                 os.environ["CUDA_VISIBLE_DEVICES"] = ""
-            spec = train.TrainSpec.from_config(cfg)
             # resume only what was training on the same data with the same settings
             fingerprint = json.loads((Path(data_dir) / "dataset.json").read_text()).get("fingerprint", "data")
-            what = {k: v for k, v in dataclasses.asdict(spec).items() if k not in ("workers", "resume", "time_budget_min")}
+            what = {"model": {k: v for k, v in dataclasses.asdict(cfg.model).items() if k not in ("pretrained", "device")},
+                    **{k: v for k, v in dataclasses.asdict(cfg.train).items()
+                       if k not in ("workers", "resume", "time_budget_min")}}
             settings = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode())
             key = f"train-{fingerprint}-{settings.hexdigest()[:8]}"
             work = Path(os.environ[WORK_DIR_ENV]) / key if os.environ.get(WORK_DIR_ENV) else Path(tmp)
-            pth = train.train(data_dir, work, spec)
+            pth = train.train(data_dir, work, cfg.model, cfg.train)
         Path(model_path).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(pth, model_path)
     return _report("train", {"source": source or "trained", "preset": cfg.model.preset})
@@ -101,7 +102,7 @@ def evaluate(config: str, min_eir: float, model_path: str, data_dir: str, report
 
     ev = _cfg(config).evaluate
     with tempfile.TemporaryDirectory() as tmp:
-        metrics = run(model_path, data_dir, tmp, plate_score=ev.plate_score, char_score=ev.char_score, iou_threshold=ev.iou_threshold,
+        metrics = run(model_path, data_dir, tmp, iou_threshold=ev.iou_threshold,
                       report_worst=ev.report_worst, progress=False)
         shutil.copyfile(Path(tmp) / "report.html", report_html)
     metrics["min_eir"] = min_eir
@@ -137,9 +138,9 @@ def export(model_path: str, evaluation_json: str, out_path: str) -> dict:
 
 
 def archive(config: str, model_path: str, out_dir: str) -> dict:
-    from platepipe.components.archive import ServingSpec, archive as run
+    from platepipe.components.archive import archive as run
 
-    spec = ServingSpec.from_config(_cfg(config).serving, bind_address="0.0.0.0", token_auth=False)
+    spec = _cfg(config).serving
     layout = run(model_path, out_dir, spec)
     return _report("archive", {"mar": str(layout / "model-store" / f"{spec.model_name}.mar"),
                                "model_name": spec.model_name})

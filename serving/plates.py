@@ -149,9 +149,10 @@ def box_fields(box: Sequence[float]) -> dict:
             "width": int(round(x2 - x1)), "height": int(round(y2 - y1)), "bbox": [round(float(v), 1) for v in box]}
 
 
-def decode(detections: Iterable[Detection], *, plate_score: float = 0.3, char_score: float = 0.3,
+def decode(detections: Iterable[Detection], *, plate_score: float, char_score: float,
            keep_partial: bool = False) -> list[dict]:
-    """Group detections into plates, best score first (see the module's rules)."""
+    """Group detections into plates, best score first (see the module's rules); plate_score and char_score are
+    the model's (pipeline.pth `thresholds`)."""
     detections = list(detections)
     plates = _nms([d for d in detections if d.label in PLATE_TYPES and d.score >= plate_score], 0.5)
     members: dict[int, list[Detection]] = {i: [] for i in range(len(plates))}

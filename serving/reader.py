@@ -26,39 +26,31 @@ class ImageResult:
     detections: list[Detection]   # every detection in image pixels (plates, regions, characters)
 
 
-# characters and text regions below this score are ignored: chosen on the validation split of the quick preset
-# (0.4: precision 0.973 -> 0.988 for 0.4 points of EIR against 0.3; see docs/BENCHMARKS.md)
-CHAR_SCORE = 0.4
-# plate boxes below this score are not read: on the val split of four later models, 0.3 read 2 more of 1,104
-# plates than 0.4 with no more false reads (test +3 of 1,108, shifted set +2 of 1,164 for 1 false read, none on
-# 800 plate-free photos; 0.35 read 2, 2 and 1 more), for about a fifth more boxes read (docs/BENCHMARKS.md)
-PLATE_SCORE = 0.3
-# a whole read scoring below this (plate score x its least sure character) is not reported: on the validation
-# split, reads under 0.25 were wrong twice as often as right (docs/BENCHMARKS.md)
-READ_SCORE = 0.25
-# a plate read partly or scoring under SECOND_LOOK is read again from other crops of its box (LOOKS: the box
-# scaled by (x, y) about its centre and moved by dx of its width), one after the other while its surest read is
-# still unsure, and the surest read kept. 0.5 chosen on the validation split (one look at 95% x 92%: EIR 0.935 ->
-# 0.949; 0.4: 0.946; 0.6 and 0.7: no better, 2-4x the second looks); the looser third and tighter fourth looks,
-# chosen on the validation split of three later models (+3 of 828 plates), read 9 more of their 831 test plates
-# and 1 fewer of 873 on the shifted set, for 1-5 ms more per image; most of the gain is on small plates. The last
-# two, the box 15% wider and moved 8% of its width to the right, then to the left, are for plates whose box the
-# detector cut short by a character or two (large one-row plates, mostly): only while the read is partial with 5
-# or 6 characters read (+1 of 276 val and +1 of 277 test plates for each of two models; docs/BENCHMARKS.md)
+# the scores a model reads at travel inside pipeline.pth (`thresholds`, from the model section of the run's
+# configuration); a file exported before it carried them is read at these, the scores it was chosen at
+THRESHOLDS_OF_OLDER_FILES = {"plate_score": 0.3, "char_score": 0.4, "read_score": 0.25}
+# a plate read partly or scoring under SECOND_LOOK is read again from other crops of its box (LOOKS: the box scaled
+# by (x, y) about its centre and moved by dx of its width), one after the other while its surest read is still
+# unsure, and the surest read kept; the moved looks (the box 15% wider, moved 8% of its width right, then left)
+# only while the read is partial with 5 or 6 characters read, for boxes the detector cut short
 SECOND_LOOK = 0.5
 FIRST_LOOK = (1.0, 1.0, 0.0)
 LOOKS = ((0.95, 0.92, 0.0), (1.06, 1.1, 0.0), (0.9, 0.85, 0.0), (1.15, 1.05, 0.08), (1.15, 1.05, -0.08))
 
 
 class PlateReader:
-    def __init__(self, payload: dict, device: str = "cpu", plate_score: float = PLATE_SCORE,
-                 char_score: float = CHAR_SCORE, read_score: float = READ_SCORE,
+    def __init__(self, payload: dict, device: str = "cpu", plate_score: float | None = None,
+                 char_score: float | None = None, read_score: float | None = None,
                  keep_partial: bool = False, second_look: float = SECOND_LOOK, precision: str = "auto"):
+        """Thresholds left None are the model's own (thresholds(payload))."""
         import torch
 
         self.device = torch.device(device)
         self.payload = payload
-        self.plate_score, self.char_score, self.read_score = plate_score, char_score, read_score
+        own = thresholds(payload)
+        self.plate_score = own["plate_score"] if plate_score is None else plate_score
+        self.char_score = own["char_score"] if char_score is None else char_score
+        self.read_score = own["read_score"] if read_score is None else read_score
         self.keep_partial = keep_partial
         self.second_look = second_look  # 0: one read per plate
         if precision not in ("auto", "fp32", "bf16"):
@@ -246,7 +238,12 @@ def run_model(model, images, scales, bf16: bool = False):
                                                rescale=True)
 
 
-def reported(plates: list[dict], read_score: float = READ_SCORE) -> list[dict]:
+def thresholds(payload: dict) -> dict[str, float]:
+    """The scores the model in payload reads at: plate_score, char_score, read_score."""
+    return {**THRESHOLDS_OF_OLDER_FILES, **(payload.get("thresholds") or {})}
+
+
+def reported(plates: list[dict], read_score: float) -> list[dict]:
     """The reads worth reporting: whole (the plate pattern) and scoring at least read_score."""
     return [p for p in plates if p["valid"] and p["score"] >= read_score]
 
@@ -291,6 +288,8 @@ def weights_digest(payload: dict) -> str:
             t = payload[stage]["state_dict"][name]
             h.update(f"{stage}/{name}:{t.dtype}:{tuple(t.shape)}".encode())
             h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    if "thresholds" in payload:  # files before them have digests without them
+        h.update(json.dumps(payload["thresholds"], sort_keys=True).encode())
     return h.hexdigest()
 
 
@@ -334,6 +333,11 @@ def load_pipeline(path: str | Path) -> dict:
     if "digest" not in payload:
         raise ValueError(f"{path} carries no digest of its weights, so damage cannot be told apart: re-export it "
                          f"with this platepipe (`platepipe train`)")
+    own = payload.get("thresholds", THRESHOLDS_OF_OLDER_FILES)
+    if (not isinstance(own, dict) or set(own) != set(THRESHOLDS_OF_OLDER_FILES)
+            or not all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in own.values())):
+        raise ValueError(f"{path} carries bad thresholds {own!r} (expected plate_score, char_score and read_score "
+                         f"between 0 and 1): re-export it with `platepipe train`")
     if weights_digest(payload) != payload["digest"]:
         raise ValueError(f"{path} is corrupted: its weights do not match the digest written when it was exported; "
                          f"copy it again from where it was made, or re-export it")

@@ -1,6 +1,7 @@
 import pytest
 
 from platepipe.components.data import DataSpec, generate
+from platepipe.pipeline.config import settings
 from platepipe.pipeline.fake_gcs import FakeGcs
 
 
@@ -17,12 +18,12 @@ def data_dir(tmp_path_factory):
 def tiny_model(tmp_path_factory):
     """(folder, pipeline.pth): 8 images of 320-400 px in FOLDER/data and a tiny model trained 2 iterations on
     them, for the serving tests (what it reads does not matter, only that it is a real exported model)."""
-    from platepipe.components.train import TrainSpec, train
+    from platepipe.components.train import train
 
     root = tmp_path_factory.mktemp("tiny-model")
     generate(root / "data", DataSpec(n_images=8, seed=21, min_size=320, max_size=400, plate_width_min=80,
                                      plate_width_max=200, split=(0.5, 0.25, 0.25)), workers=1, progress=False)
-    return root, train(root / "data", root / "train", TrainSpec(preset="tiny", max_iters=2, val_interval=2, workers=0))
+    return root, train(root / "data", root / "train", settings("model", preset="tiny"), settings("train", max_iters=2, val_interval=2, workers=0))
 
 
 @pytest.fixture

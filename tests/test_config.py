@@ -32,10 +32,11 @@ DOCUMENTED = {
     "data.split_test": 0.1, "data.backgrounds": None, "data.plate_width_min": 80, "data.plate_width_max": 900,
     "data.plate_width_max_frac": 0.7, "data.styles": {"stamped": 0.5, "original": 0.5},
     "data.procedural_fraction": 0.2, "data.ood_images": 100,
-    "model.preset": "quick", "model.pretrained": None, "model.device": "auto",
+    "model.preset": "quick", "model.pretrained": None, "model.device": "auto", "model.plate_score": 0.3,
+    "model.char_score": 0.4, "model.read_score": 0.25,
     "train.max_iters": None, "train.batch_size": None, "train.lr": None, "train.resume": True,
     "train.time_budget_min": None, "train.precision": "auto", "train.parallel": "auto",
-    "evaluate.min_eir": 0.95, "evaluate.plate_score": 0.3, "evaluate.char_score": 0.4, "evaluate.iou_threshold": 0.5,
+    "evaluate.min_eir": 0.95, "evaluate.iou_threshold": 0.5,
     "evaluate.report_worst": 12, "evaluate.gate_set": "test",
     "serving.model_name": "pipeline", "serving.inference_port": 8085, "serving.management_port": 8081,
     "serving.metrics_port": 8082, "serving.bind_address": "127.0.0.1", "serving.workers_per_model": 1,
@@ -299,3 +300,23 @@ def test_config_to_dict_is_plain_and_a_copy():
     assert d["kfp"]["node_selector"] == {"pool": "gpu"} and d["serving"]["inference_port"] == 8085
     d["kfp"]["node_selector"]["x"] = "y"
     assert cfg.kfp.node_selector == {"pool": "gpu"}
+
+
+def test_a_moved_setting_says_where_it_went(tmp_path):
+    """The read thresholds moved from `evaluate` to `model` (they travel inside pipeline.pth): an older file is told."""
+    old = tmp_path / "old.yaml"
+    old.write_text("evaluate:\n  char_score: 0.5\n")
+    with pytest.raises(ConfigError, match=r"evaluate.char_score: this setting is now model.char_score"):
+        load_config(old)
+    with pytest.raises(ConfigError, match=r"evaluate.plate_score: this setting is now model.plate_score"):
+        load_config(overrides=["evaluate.plate_score=0.2"])
+    assert load_config(overrides=["model.char_score=0.5"]).model.thresholds["char_score"] == 0.5
+
+
+def test_settings_gives_one_checked_section():
+    from platepipe.pipeline.config import TrainConfig, settings
+
+    assert settings("train", max_iters=7) == dataclasses.replace(load_config().train, max_iters=7)
+    assert isinstance(settings("train"), TrainConfig)
+    with pytest.raises(ConfigError, match="model.char_score"):
+        settings("model", char_score=2.0)

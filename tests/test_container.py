@@ -32,7 +32,8 @@ from pathlib import Path
 
 import pytest
 
-from platepipe.components.archive import ServingSpec, archive
+from platepipe.components.archive import archive
+from platepipe.pipeline.config import settings
 from platepipe.components.deploy import DeploySpec
 from platepipe.components.runtime import MODEL_DIR, runtime_manifest
 from platepipe.pipeline.cli import main
@@ -90,10 +91,8 @@ def mnt(model, tmp_path_factory):
     so that uid 1000 can read it, as the pod's volume)."""
     _, pth = model
     root = tmp_path_factory.mktemp("container")
-    # the archive step's settings (components: tasks.archive_step); a batch waits up to 1 s to fill, so the
-    # 4 clients' requests meet in one batch
-    spec = ServingSpec.from_config(load_config().serving, bind_address="0.0.0.0", token_auth=False,
-                                   max_batch_delay_ms=1000)
+    # the archive step's settings; a batch waits up to 1 s to fill, so the 4 clients' requests meet in one batch
+    spec = settings("serving", max_batch_delay_ms=1000)
     layout = archive(pth, root / "layout", spec)
     base = Path(tempfile.mkdtemp(prefix="platepipe-pod-"))
     base.chmod(0o755)

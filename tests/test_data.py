@@ -95,7 +95,8 @@ def _check_labels(folder):
         assert len(chars) == 7 and set(regions) == {"sub_text", "main_text"}
         assert sorted(names[c["category_id"]] for c in chars) == sorted(plate["text"])
         # serving's own decoding reads the labelled boxes as the drawn text, in reading order
-        (read,) = decode([Detection(names[a["category_id"]], 1.0, _xyxy(a["bbox"])) for a in [plate, *same]])
+        (read,) = decode([Detection(names[a["category_id"]], 1.0, _xyxy(a["bbox"])) for a in [plate, *same]],
+                         plate_score=1.0, char_score=1.0)
         assert read["plate"] == plate["text"] and read["type"] == names[plate["category_id"]], (plate, read)
         assert plate["text"][:2].isdigit() and plate["text"][2] in LETTERS and plate["text"][3:].isdigit()
         if names[plate["category_id"]] == "r_board":  # two rows: the region line above the serial

@@ -14,21 +14,22 @@ import pytest
 import torch
 
 from platepipe.components.data import DataSpec, generate
+from platepipe.pipeline.config import settings
 from platepipe.components.evaluate import evaluate, truth_plates
 from platepipe.components.export import FORMAT, load_pipeline
-from platepipe.components.train import TrainSpec, best_checkpoint, train
+from platepipe.components.train import best_checkpoint, train
 from platepipe.serving.labels import CLASSES
 from platepipe.serving.reader import ImageResult, PlateReader
 from platepipe.serving.plates import Detection
 
 PLATEPIPE = Path(sys.executable).with_name("platepipe")
-TINY = TrainSpec(preset="tiny", max_iters=4, val_interval=2, workers=0)
+TINY = settings("model", preset="tiny"), settings("train", max_iters=4, val_interval=2, workers=0)
 
 
 @pytest.fixture(scope="module")
 def trained(data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("model") / "train"
-    return out, train(data_dir, out, TINY)
+    return out, train(data_dir, out, *TINY)
 
 
 def test_training_saves_checkpoints_and_exports(trained):
@@ -89,8 +90,8 @@ def test_the_optimiser_groups_weights_of_equal_settings(data_dir, trained):
     from mmengine.config import ConfigDict
 
     register_all_modules(init_default_scope=True)
-    cfg = _stage_cfg("reader", TINY)
-    optim = runner_config("reader", cfg, data_dir, data_dir / "unused", TINY)["optim_wrapper"]
+    cfg = _stage_cfg("reader", *TINY)
+    optim = runner_config("reader", cfg, data_dir, data_dir / "unused", *TINY)["optim_wrapper"]
     assert optim["constructor"] == "GroupedOptimWrapperConstructor"
     torch.manual_seed(0)
     model = MODELS.build(ConfigDict(cfg["model"]))
@@ -131,8 +132,8 @@ def test_pipeline_file_is_safe_and_self_contained(trained):
 
 def test_resume_continues_where_it_stopped(data_dir, trained, capsys):
     out, _ = trained
-    more = TrainSpec(preset="tiny", max_iters=6, val_interval=2, workers=0)
-    train(data_dir, out, more)
+    more = settings("model", preset="tiny"), settings("train", max_iters=6, val_interval=2, workers=0)
+    train(data_dir, out, *more)
     printed = capsys.readouterr().out
     assert "detector: resumed at iteration 4 of 6" in printed
     assert "reader: resumed at iteration 4 of 6" in printed
@@ -370,8 +371,8 @@ def test_a_time_budget_fits_the_schedule_instead_of_cutting_it(data_dir, tmp_pat
     from platepipe.components.train import train_stage
     clock = FakeClock(per_iter=0.15)
     monkeypatch.setattr(parts, "time", clock)
-    spec = TrainSpec(preset="tiny", max_iters=3000, val_interval=100000, workers=0)
-    cfg, ckpt, _ = train_stage("detector", data_dir, tmp_path, spec, budget_min=0.3, hooks=(clock.hook,))
+    spec = settings("model", preset="tiny"), settings("train", max_iters=3000, val_interval=100000, workers=0)
+    cfg, ckpt, _ = train_stage("detector", data_dir, tmp_path, *spec, budget_min=0.3, hooks=(clock.hook,))
     assert "training detector (tiny: 3000 iterations" in capsys.readouterr().out
     last = torch.load(Path((tmp_path / "detector" / "last_checkpoint").read_text().strip()), map_location="cpu",
                       weights_only=False)  # our own file, with the optimiser and scheduler states
@@ -751,10 +752,36 @@ def test_native_bf16_is_a_plain_answer_even_without_onednn(monkeypatch):
     assert native_bf16("cpu") is False
 
 
-def test_checkpoints_are_chosen_at_the_character_score_serving_reads_at():
-    from platepipe.components.mm.metric import PlateReadMetric
-    from platepipe.pipeline.config import load_config
-    from platepipe.serving.reader import CHAR_SCORE
+def test_the_model_section_sets_the_thresholds_everything_reads_at(trained, data_dir, tmp_path):
+    """One place sets the scores a model reads at (the model section): training picks its checkpoints at its
+    char_score and writes all three into pipeline.pth; PlateReader (serving, evaluation) reads at the file's."""
+    import dataclasses
+    import shutil
 
-    assert PlateReadMetric().score_threshold == CHAR_SCORE
-    assert load_config().evaluate.char_score == CHAR_SCORE  # the evaluate step's default reads the same way
+    from platepipe.components.train import _stage_cfg, runner_config
+    from platepipe.serving.reader import weights_digest
+
+    out, _ = trained
+    model = dataclasses.replace(TINY[0], plate_score=0.45, char_score=0.55, read_score=0.35)
+    evaluator = runner_config("reader", _stage_cfg("reader", *TINY), data_dir, tmp_path, model, TINY[1])["val_evaluator"]
+    assert evaluator == {"type": "PlateReadMetric", "score_threshold": 0.55}
+
+    copy = tmp_path / "train"
+    shutil.copytree(out, copy)
+    (copy / "pipeline.pth").unlink()
+    pth = train(data_dir, copy, model, TINY[1])  # both stages are done: it exports at once
+    payload = load_pipeline(pth)
+    assert payload["thresholds"] == {"plate_score": 0.45, "char_score": 0.55, "read_score": 0.35}
+    reader = PlateReader.from_file(pth, device="cpu")
+    assert (reader.plate_score, reader.char_score, reader.read_score) == (0.45, 0.55, 0.35)
+    assert PlateReader.from_file(pth, device="cpu", char_score=0.2).char_score == 0.2  # a caller may override
+
+    changed = dict(payload, thresholds={"plate_score": 0.45, "char_score": 0.05, "read_score": 0.35})
+    torch.save(changed, tmp_path / "changed.pth")
+    with pytest.raises(ValueError, match="corrupted"):  # the digest covers the thresholds
+        load_pipeline(tmp_path / "changed.pth")
+    bad = dict(payload, thresholds={"plate_score": 1.5, "char_score": 0.4, "read_score": 0.25})
+    bad["digest"] = weights_digest(bad)
+    torch.save(bad, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match="bad thresholds"):
+        load_pipeline(tmp_path / "bad.pth")

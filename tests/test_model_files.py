@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from platepipe.components.train import TrainSpec, train
+from platepipe.components.train import train
+from platepipe.pipeline.config import settings
 from platepipe.serving.reader import check_pipeline, load_pipeline, weights_digest
 
 PLATEPIPE = Path(sys.executable).with_name("platepipe")
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.timeout(600)
 @pytest.fixture(scope="module")
 def good(data_dir, tmp_path_factory):
     return train(data_dir, tmp_path_factory.mktemp("good") / "train",
-                 TrainSpec(preset="tiny", max_iters=2, val_interval=2, workers=0))
+                 settings("model", preset="tiny"), settings("train", max_iters=2, val_interval=2, workers=0))
 
 
 def _flip_inside_the_weights(path: Path) -> bytes:

@@ -9,8 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from platepipe.components.train import NEGATIVE_SCORE, NEGATIVE_SHARE, TrainSpec, bf16, mine_negatives, train_stage
+from platepipe.components.train import NEGATIVE_SHARE, bf16, mine_negatives, train_stage
+from platepipe.pipeline.config import settings
 from platepipe.configs.model import stage_config
+
+PLATE_SCORE = settings("model").plate_score  # the detections the model reads are the ones mined
 
 
 def _plates(data_dir: Path) -> dict:
@@ -53,14 +56,14 @@ def eager_detector(tmp_path_factory):
 
 def test_negatives_touch_no_plate_and_are_capped(data_dir, eager_detector, tmp_path):
     cfg, ckpt = eager_detector
-    out = mine_negatives(cfg, ckpt, data_dir, tmp_path / "negatives.json")
+    out = mine_negatives(cfg, ckpt, data_dir, tmp_path / "negatives.json", PLATE_SCORE)
     negatives = json.loads(out.read_text())
     plates = _plates(data_dir)
     n_plates = sum(len(v) for v in plates.values())
     assert len(negatives) == int(NEGATIVE_SHARE * n_plates) > 0  # far more boxes were found than kept
     for neg in negatives:
         x1, y1, x2, y2 = neg["bbox"]
-        assert neg["score"] >= NEGATIVE_SCORE and x2 > x1 and y2 > y1
+        assert neg["score"] >= PLATE_SCORE and x2 > x1 and y2 > y1
         for px1, py1, px2, py2 in plates.get(neg["file_name"], []):
             assert x2 <= px1 or px2 <= x1 or y2 <= py1 or py2 <= y1, f"{neg} touches a plate"
         assert (data_dir / neg["file_name"]).is_file()
@@ -71,7 +74,7 @@ def test_negatives_are_kept_on_resume(data_dir, eager_detector, tmp_path):
     cfg, ckpt = eager_detector
     out = tmp_path / "negatives.json"
     out.write_text("[]")  # an earlier run's result
-    assert mine_negatives(cfg, ckpt, data_dir, out) == out and out.read_text() == "[]"
+    assert mine_negatives(cfg, ckpt, data_dir, out, PLATE_SCORE) == out and out.read_text() == "[]"
 
 
 def test_a_negative_is_a_crop_with_nothing_to_read(data_dir, tmp_path):
@@ -124,8 +127,8 @@ def test_bf16_wrapper_computes_in_bf16_and_keeps_float32_weights():
 
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
 def test_training_in_either_precision_has_finite_losses(data_dir, tmp_path, precision, capsys):
-    spec = TrainSpec(preset="tiny", max_iters=4, val_interval=4, workers=0, precision=precision)
-    train_stage("reader", data_dir, tmp_path, spec)
+    spec = settings("model", preset="tiny"), settings("train", max_iters=4, val_interval=4, workers=0, precision=precision)
+    train_stage("reader", data_dir, tmp_path, *spec)
     out = capsys.readouterr().out
     assert f"batch 4, {precision})" in out
     losses = [float(v) for v in re.findall(r"iter \d+/4 \(\d+%\), loss ([^,]+),", out)]

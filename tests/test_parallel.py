@@ -14,17 +14,20 @@ import pytest
 import torch
 
 from platepipe.components.export import load_pipeline
-from platepipe.components.train import TrainSpec, cpu_cores, parallel, train
+from platepipe.pipeline.config import settings
+from platepipe.components.train import cpu_cores, parallel, train
 from platepipe.pipeline.local_run import descendants, running
 
 
-def spec(**changes) -> TrainSpec:
-    return TrainSpec(**{**dict(preset="tiny", max_iters=4, val_interval=2, workers=0, parallel="on"), **changes})
+def spec(**changes) -> tuple:
+    """The tiny model's sections, trained at once (parallel on) unless changes say otherwise."""
+    return settings("model", preset="tiny"), settings("train", **{**dict(max_iters=4, val_interval=2, workers=0,
+                                                                           parallel="on"), **changes})
 
 
 def test_both_stages_train_at_once_and_export_one_file(data_dir, tmp_path, capsys):
     before = torch.get_num_threads()
-    pth = train(data_dir, tmp_path, spec())
+    pth = train(data_dir, tmp_path, *spec())
     out = capsys.readouterr().out
     assert "training both stages at once: the detector on" in out
     # the child's own lines reach this process's stdout (the step's log), stage by stage
@@ -39,7 +42,7 @@ def test_both_stages_train_at_once_and_export_one_file(data_dir, tmp_path, capsy
 
 
 def test_one_after_the_other_when_asked(data_dir, tmp_path, capsys):
-    pth = train(data_dir, tmp_path, spec(parallel="off"))
+    pth = train(data_dir, tmp_path, *spec(parallel="off"))
     out = capsys.readouterr().out
     assert "at once" not in out and out.index("training detector") < out.index("training reader")
     assert load_pipeline(pth)["reader"]["state_dict"]
@@ -49,7 +52,7 @@ def test_a_failing_detector_stops_the_reader(data_dir, tmp_path, capsys):
     (tmp_path / "detector").write_text("not a folder")  # the detector's work folder cannot be made
     started = time.monotonic()
     with pytest.raises(RuntimeError, match="training the detector failed"):
-        train(data_dir, tmp_path, spec(max_iters=100000))  # the reader alone would train for hours
+        train(data_dir, tmp_path, *spec(max_iters=100000))  # the reader alone would train for hours
     assert time.monotonic() - started < 120
     assert "FileExistsError" in capsys.readouterr().err  # the child's traceback is passed on
     assert not (tmp_path / "pipeline.pth").exists() and not descendants(os.getpid())
@@ -58,8 +61,9 @@ def test_a_failing_detector_stops_the_reader(data_dir, tmp_path, capsys):
 def test_the_detector_stops_when_its_parent_is_killed(data_dir, tmp_path):
     """kill -9 of the training process (no clean-up runs there) still leaves no detector training on."""
     script = textwrap.dedent(f"""
-        from platepipe.components.train import TrainSpec, train
-        train({str(data_dir)!r}, {str(tmp_path)!r}, TrainSpec(preset="tiny", max_iters=100000, val_interval=100000,
+        from platepipe.components.train import train
+        from platepipe.pipeline.config import settings
+        train({str(data_dir)!r}, {str(tmp_path)!r}, settings("model", preset="tiny"), settings("train", max_iters=100000, val_interval=100000,
               workers=0, parallel="on"))
     """)
     parent = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).parents[1],
@@ -108,7 +112,7 @@ def test_one_cpu_trains_one_stage_after_the_other(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(train_module, "cpu_cores", lambda: 1)
-    assert not parallel(TrainSpec(preset="tiny", parallel="auto"))
-    assert parallel(TrainSpec(preset="tiny", parallel="on"))
+    assert not parallel(settings("train", parallel="auto"))
+    assert parallel(settings("train", parallel="on"))
     monkeypatch.setattr(train_module, "cpu_cores", lambda: 2)
-    assert parallel(TrainSpec(preset="tiny", parallel="auto"))
+    assert parallel(settings("train", parallel="auto"))

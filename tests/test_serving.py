@@ -17,7 +17,8 @@ import cv2
 import numpy as np
 import pytest
 
-from platepipe.components.archive import ServingSpec, archive, config_properties, properties_keys
+from platepipe.components.archive import archive, config_properties, properties_keys
+from platepipe.pipeline.config import settings
 from platepipe.components import local_server as server
 from platepipe.serving.images import load_image
 from platepipe.serving.reader import PlateReader
@@ -35,7 +36,7 @@ def model(tiny_model):
 def layout(model, tmp_path_factory):
     _, pth = model
     root = tmp_path_factory.mktemp("serving")
-    spec = ServingSpec(batch_size=4, max_batch_delay_ms=300, max_request_size_mb=2)
+    spec = settings("serving", batch_size=4, max_batch_delay_ms=300, max_request_size_mb=2)
     return archive(pth, root / "layout", spec)
 
 
@@ -128,7 +129,8 @@ def test_archive_layout_and_known_keys(layout):
 
 
 def test_every_config_variant_writes_known_keys():
-    for spec in (ServingSpec(), ServingSpec(gpus=2, token_auth=True), ServingSpec(workers_per_model=3, batch_size=1)):
+    for spec in (settings("serving"), settings("serving", gpus=2, token_auth=True),
+                 settings("serving", workers_per_model=3, batch_size=1)):
         assert set(properties_keys(config_properties(spec))) <= KEYS
 
 

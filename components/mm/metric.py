@@ -7,10 +7,9 @@ from mmengine.evaluator import BaseMetric
 
 from platepipe.configs.model import READER_CLASSES
 from platepipe.serving.plates import Detection, decode
-from platepipe.serving.reader import CHAR_SCORE
 
 
-def read_crop(pred, plate_type: str, crop_shape, classes=READER_CLASSES, score_threshold: float = CHAR_SCORE) -> dict | None:
+def read_crop(pred, plate_type: str, crop_shape, score_threshold: float, classes=READER_CLASSES) -> dict | None:
     """Decode the reader's detections on one crop as a plate of the given type (or None)."""
     h, w = crop_shape[:2]
     dets = [Detection(plate_type, 1.0, (0.0, 0.0, float(w), float(h)))]
@@ -23,18 +22,19 @@ def read_crop(pred, plate_type: str, crop_shape, classes=READER_CLASSES, score_t
 @METRICS.register_module(force=True)
 class PlateReadMetric(BaseMetric):
     """EIR on crops: a plate counts when all 7 characters are read right, in order; characters read at the
-    score serving reads them at (serving.reader CHAR_SCORE), so the best checkpoint is the best served one."""
+    model's char_score (train: the model section), the score serving reads at, so the best checkpoint is the best
+    served one."""
 
     default_prefix = "plate"
 
-    def __init__(self, score_threshold: float = CHAR_SCORE, **kwargs):
+    def __init__(self, score_threshold: float, **kwargs):
         super().__init__(**kwargs)
         self.score_threshold = score_threshold
 
     def process(self, data_batch, data_samples) -> None:
         for sample in data_samples:
             plate = read_crop(_Pred(sample["pred_instances"]), sample["plate_type"], sample["img_shape"],
-                              score_threshold=self.score_threshold)
+                              self.score_threshold)
             read = plate["plate"] if plate and plate.get("valid") else ""
             truth = sample["plate_text"]
             chars = sum(a == b for a, b in zip(read, truth)) if read else 0

@@ -115,11 +115,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not args.data:
         raise ValueError("train needs --data DIR (or --model to fetch an existing pipeline.pth)")
     data_dir = _training_data(args.data, Path(args.out) / "data", cfg)
-    spec = train.TrainSpec.from_config(cfg)
-    if args.preset:
-        spec = dataclasses.replace(spec, preset=args.preset)
-    _select_device(cfg.model.device)
-    path = train.train(data_dir, args.out, spec)
+    model = dataclasses.replace(cfg.model, preset=args.preset) if args.preset else cfg.model
+    _select_device(model.device)
+    path = train.train(data_dir, args.out, model, cfg.train)
     print(f"exported {path}")
     return 0
 
@@ -128,8 +126,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from platepipe.components.evaluate import evaluate, gate_eir, set_lines
     cfg = load(args)
     ev = cfg.evaluate
-    metrics = evaluate(args.model, args.data, args.out, split=args.split, plate_score=ev.plate_score, char_score=ev.char_score,
-                       iou_threshold=ev.iou_threshold, report_worst=ev.report_worst)
+    metrics = evaluate(args.model, args.data, args.out, split=args.split, iou_threshold=ev.iou_threshold, report_worst=ev.report_worst)
     print(f"EIR {metrics['eir']:.4f} on {metrics['plates']} plates ({metrics['images']} images); "
           f"mAP {metrics['bbox_mAP']:.4f}, char accuracy {metrics['char_accuracy']}, "
           f"precision {metrics['plate_precision']}, recall {metrics['plate_recall']}, "

@@ -137,9 +137,9 @@ def _endpoint(args: argparse.Namespace, cfg: Config, protocol: str):
 
 
 def cmd_archive(args: argparse.Namespace) -> int:
-    from platepipe.components.archive import ServingSpec, archive
+    from platepipe.components.archive import archive
     cfg = load(args)
-    spec = ServingSpec.from_config(cfg.serving, bind_address="0.0.0.0", token_auth=False)
+    spec = cfg.serving
     out = archive(args.model, args.out, spec, version=args.version)
     print(f"wrote {out / 'model-store' / (spec.model_name + '.mar')} and {out / 'config' / 'config.properties'}")
     return 0
