@@ -59,7 +59,7 @@ def main() -> None:
     work = Path(args.work)
     if args.from_run:
         adopt_run(Path(args.from_run), work)
-    from platepipe.components.data import DataSpec, generate
+    from platepipe.components.data import generate
     from platepipe.pipeline.config import settings
     from platepipe.components.evaluate import evaluate
     from platepipe.components.train import train
@@ -68,7 +68,7 @@ def main() -> None:
 
     data = work / "data"
     if not (data / "dataset.json").exists():
-        generate(data, DataSpec(n_images=args.n, seed=0))
+        generate(data, settings("data", n_images=args.n, seed=0))
     pth = work / "train" / "pipeline.pth"
     started = time.monotonic()
     if not pth.exists():
@@ -78,9 +78,9 @@ def main() -> None:
         train_min = json.loads((work / "train_seconds.json").read_text()) / 60
     shifted, empty = work / "shifted", work / "plate-free"
     if not (shifted / "dataset.json").exists():
-        generate(shifted, DataSpec(n_images=200, seed=99, min_size=900, max_size=1600, split=(0, 0, 1)))
+        generate(shifted, settings("data", n_images=200, seed=99, min_size=900, max_size=1600, split_train=0, split_val=0, split_test=1))
     if not (empty / "dataset.json").exists():
-        generate(empty, DataSpec(n_images=200, seed=98, split=(0, 0, 1), empty_fraction=1.0))
+        generate(empty, settings("data", n_images=200, seed=98, split_train=0, split_val=0, split_test=1, empty_fraction=1.0))
     results = {"train_minutes": round(train_min, 1)}
     for name, folder in (("test split", data), ("shifted set", shifted), ("plate-free", empty)):
         results[name] = evaluate(pth, folder, work / "eval" / name.replace(" ", "-"), progress=False)

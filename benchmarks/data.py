@@ -12,7 +12,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from platepipe.components.data import DataSpec, generate
+from platepipe.components.data import generate
+
+from platepipe.pipeline.config import settings
 
 
 def main() -> None:
@@ -24,7 +26,7 @@ def main() -> None:
     for r in range(args.repeats):
         out = Path(tempfile.mkdtemp()) / "set"
         started = time.perf_counter()
-        summary = generate(out, DataSpec(n_images=args.n, seed=r), progress=False)
+        summary = generate(out, settings("data", n_images=args.n, seed=r), progress=False)
         times.append(time.perf_counter() - started)
         shutil.rmtree(out.parent)
         print(f"run {r + 1}: {args.n} images, {summary['plates']} plates in {times[-1]:.1f} s")

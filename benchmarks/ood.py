@@ -13,6 +13,7 @@ OOD_SETS), with the default data settings.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 from pathlib import Path
@@ -36,13 +37,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=500)
     args = parser.parse_args()
 
-    from platepipe.components.data import DataSpec, generate
+    from platepipe.components.data import generate
     from platepipe.components.evaluate import evaluate
     from platepipe.pipeline.config import load_config
 
     data = args.work / f"data-{args.seed}-{args.images}"
     if not (data / "dataset.json").exists():
-        spec = DataSpec.from_config(load_config().data, n_images=args.images, seed=args.seed, split=(0.0, 0.0, 1.0))
+        spec = dataclasses.replace(load_config().data, n_images=args.images, seed=args.seed, split_train=0.0,
+                                   split_val=0.0, split_test=1.0)
         generate(data, spec, ood_images=args.images)
     rows: dict[str, dict[str, list]] = {}
     for model in args.models:

@@ -72,13 +72,13 @@ def main() -> None:
 
     from platepipe.components.archive import archive
     from platepipe.pipeline.config import settings
-    from platepipe.components.data import DataSpec, generate
+    from platepipe.components.data import generate
     from platepipe.components import client, local_server as server
 
     work = Path(args.work)
     data = work / "photos"
     if not (data / "dataset.json").exists():
-        generate(data, DataSpec(n_images=args.images, seed=7, min_size=1280, max_size=1280, split=(0, 0, 1)),
+        generate(data, settings("data", n_images=args.images, seed=7, min_size=1280, max_size=1280, split_train=0, split_val=0, split_test=1),
                  progress=False)
     jpegs = []
     for f in sorted((data / "images").iterdir())[:args.images]:

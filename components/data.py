@@ -55,7 +55,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from platepipe.components.styles import OOD_SETS, STYLES, TRAIN_STYLES
+from platepipe.components.styles import OOD_SETS
+from platepipe.pipeline.config import DataConfig
 from platepipe.serving.labels import CLASSES, DIGITS, LETTERS, category_id
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -96,74 +97,19 @@ ORIGINAL_BOARDS = {
                 (600, 120, ((-20, 87, 2.9, 5),))),
 }
 
-@dataclass(frozen=True)
-class DataSpec:
-    """What to generate. Sizes are pixels of the image's long side and of the plate's width.
+def ood_settings(spec: DataConfig, name: str, n_images: int) -> DataConfig:
+    """The settings of out-of-distribution set `name`: spec's sizes and photos, another seed, the held-out photo
+    pool, the set's own styles and settings, every image in its test split."""
+    changes = {k: v for k, v in OOD_SETS[name].items() if k != "about"}
+    return dataclasses.replace(spec, n_images=n_images, seed=spec.seed + 1000 + sorted(OOD_SETS).index(name),
+                               split_train=0.0, split_val=0.0, split_test=1.0, photo_pool="held-out", **changes)
 
-    backgrounds: None = the shipped photos (SHIPPED_PHOTOS), "procedural" = procedural scenes only,
-    else a folder of the user's photos; procedural_fraction of the images get a procedural scene all the same.
-    photo_pool: which photos to draw from: "train" (the training pool), "held-out" or "all".
-    styles: (name, weight) pairs; each image is drawn in one style, picked by weight.
-    plate_width_max_frac: plates are at most this fraction of the image's width (and plate_width_max px)."""
 
-    n_images: int = 2000
-    seed: int = 0
-    min_size: int = 640
-    max_size: int = 1280
-    plate_width_min: int = 80
-    plate_width_max: int = 900
-    plate_width_max_frac: float = 0.7
-    split: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    backgrounds: str | None = None
-    procedural_fraction: float = 0.2
-    photo_pool: str = "train"
-    styles: tuple[tuple[str, float], ...] = TRAIN_STYLES
-    empty_fraction: float = 0.06  # images with no plate at all
-
-    @classmethod
-    def from_config(cls, data, **changes) -> "DataSpec":
-        """From the `data` section of the run configuration; `changes` (not None) win."""
-        spec = cls(n_images=data.n_images, seed=data.seed, min_size=data.min_size, max_size=data.max_size,
-                   plate_width_min=data.plate_width_min, plate_width_max=data.plate_width_max,
-                   plate_width_max_frac=data.plate_width_max_frac,
-                   split=(data.split_train, data.split_val, data.split_test), backgrounds=data.backgrounds,
-                   procedural_fraction=data.procedural_fraction, styles=tuple(data.styles.items()))
-        return dataclasses.replace(spec, **{k: v for k, v in changes.items() if v is not None})
-
-    def ood(self, name: str, n_images: int) -> "DataSpec":
-        """The spec of out-of-distribution set `name`: this spec's sizes and photos, another seed, the held-out
-        photo pool, the set's own styles and settings, every image in its test split."""
-        changes = {k: v for k, v in OOD_SETS[name].items() if k != "about"}
-        return dataclasses.replace(self, n_images=n_images, seed=self.seed + 1000 + sorted(OOD_SETS).index(name),
-                                   split=(0.0, 0.0, 1.0), photo_pool="held-out", **changes)
-
-    def check(self) -> None:
-        problems = []
-        if self.n_images < 1:
-            problems.append(f"n_images must be at least 1, got {self.n_images}")
-        if not 64 <= self.min_size <= self.max_size:
-            problems.append(f"need 64 <= min_size <= max_size, got {self.min_size}..{self.max_size}")
-        if not 24 <= self.plate_width_min <= self.plate_width_max:
-            problems.append(f"need 24 <= plate_width_min <= plate_width_max, got "
-                            f"{self.plate_width_min}..{self.plate_width_max}")
-        if not 0.05 <= self.plate_width_max_frac <= 1.0:
-            problems.append(f"plate_width_max_frac must be 0.05-1, got {self.plate_width_max_frac}")
-        if len(self.split) != 3 or min(self.split) < 0 or abs(sum(self.split) - 1) > 1e-6:
-            problems.append(f"split must be three fractions summing to 1, got {self.split}")
-        if not 0.0 <= self.procedural_fraction <= 1.0:
-            problems.append(f"procedural_fraction must be 0-1, got {self.procedural_fraction}")
-        if self.photo_pool not in ("train", "held-out", "all"):
-            problems.append(f"photo_pool must be train, held-out or all, got {self.photo_pool!r}")
-        unknown = [name for name, _ in self.styles if name not in STYLES]
-        if unknown:
-            problems.append(f"unknown style(s) {', '.join(unknown)}: choose from {', '.join(STYLES)}")
-        elif not self.styles or min(w for _, w in self.styles) < 0 or sum(w for _, w in self.styles) <= 0:
-            problems.append(f"styles need weights >= 0 adding up to more than 0, got {dict(self.styles)}")
-        if self.backgrounds not in (None, "procedural") and not Path(self.backgrounds).is_dir():
-            problems.append(f"backgrounds folder not found: {self.backgrounds} (give a folder of photos, "
-                            f"'procedural', or leave it unset for the shipped photos)")
-        if problems:
-            raise ValueError("bad data settings: " + "; ".join(problems))
+def check_backgrounds(spec: DataConfig) -> None:
+    """What the configuration cannot check where it is written: the backgrounds folder, here where it is read."""
+    if spec.backgrounds not in (None, "procedural") and not Path(spec.backgrounds).is_dir():
+        raise ValueError(f"bad data settings: backgrounds folder not found: {spec.backgrounds} (give a folder of "
+                         f"photos, 'procedural', or leave it unset for the shipped photos)")
 
 
 # ---------------------------------------------------------------------------------------------- fonts
@@ -473,16 +419,20 @@ def photo_background(rng: np.random.Generator, files: Sequence[str], w: int, h: 
     return cv2.flip(out, 1) if rng.random() < 0.5 else out.copy()
 
 
+def background_files(spec: DataConfig) -> tuple[str, ...]:
+    """The photos spec draws on (empty: procedural scenes only); worked out once per setting and process."""
+    return _pool_files(spec.backgrounds, spec.photo_pool)
+
+
 @lru_cache(maxsize=8)
-def background_files(spec: DataSpec) -> tuple[str, ...]:
-    """The photos spec draws on (empty: procedural scenes only); worked out once per spec and process."""
-    if spec.backgrounds == "procedural":
+def _pool_files(backgrounds: str | None, pool: str) -> tuple[str, ...]:
+    if backgrounds == "procedural":
         return ()
-    files = shipped_photos() if spec.backgrounds is None else _background_files(spec.backgrounds)
-    return photo_pool(files, spec.photo_pool)
+    files = shipped_photos() if backgrounds is None else _background_files(backgrounds)
+    return photo_pool(files, pool)
 
 
-def background(rng: np.random.Generator, spec: DataSpec, files: Sequence[str], w: int, h: int) -> np.ndarray:
+def background(rng: np.random.Generator, spec: DataConfig, files: Sequence[str], w: int, h: int) -> np.ndarray:
     """A photo of `files`, or for spec.procedural_fraction of the images (and where there are none) a procedural
     scene."""
     if files and rng.random() >= spec.procedural_fraction:
@@ -623,7 +573,7 @@ def _place(rng: np.random.Generator, taken: list[tuple[float, ...]], w: int, h: 
     return None
 
 
-def _plate_width(rng: np.random.Generator, spec: DataSpec, w: int) -> int:
+def _plate_width(rng: np.random.Generator, spec: DataConfig, w: int) -> int:
     """Log-uniform from plate_width_min to the smaller of plate_width_max and plate_width_max_frac of the width:
     as many small plates as large ones."""
     top = max(spec.plate_width_min, min(spec.plate_width_max, int(spec.plate_width_max_frac * w)))
@@ -635,14 +585,14 @@ def _pick_style(rng: np.random.Generator, styles: Sequence[tuple[str, float]]) -
     return styles[int(rng.choice(len(styles), p=weights / weights.sum()))][0]
 
 
-def render_image(spec: DataSpec, index: int) -> tuple[np.ndarray, list[dict], str]:
+def render_image(spec: DataConfig, index: int) -> tuple[np.ndarray, list[dict], str]:
     """Image `index` of the data set, its objects (dicts of label, bbox (x1, y1, x2, y2) and plate text) and the
     style it is drawn in."""
     rng = np.random.default_rng([spec.seed, index])
     long_side = int(rng.integers(spec.min_size, spec.max_size + 1))
     aspect = rng.choice([4 / 3, 16 / 9, 3 / 2, 1.0, 3 / 4])
     w, h = (long_side, int(long_side / aspect)) if aspect >= 1 else (int(long_side * aspect), long_side)
-    style = _pick_style(rng, spec.styles)
+    style = _pick_style(rng, tuple(spec.styles.items()))
     files = background_files(spec)
     img = background(rng, spec, files, w, h)
     original = style == "original"
@@ -701,11 +651,11 @@ def render_image(spec: DataSpec, index: int) -> tuple[np.ndarray, list[dict], st
     return img, objects, style
 
 
-def _jpeg_quality(spec: DataSpec, index: int) -> int:
+def _jpeg_quality(spec: DataConfig, index: int) -> int:
     return int(np.random.default_rng([spec.seed, index, 1]).integers(55, 96))
 
 
-def _make_one(args: tuple[DataSpec, int, str]) -> dict:
+def _make_one(args: tuple[DataConfig, int, str]) -> dict:
     spec, index, image_dir = args
     img, objects, style = render_image(spec, index)
     name = f"{index:06d}.jpg"
@@ -745,7 +695,7 @@ def to_coco(records: Iterable[dict]) -> dict:
             "categories": coco_categories()}
 
 
-def split_of(spec: DataSpec) -> list[str]:
+def split_of(spec: DataConfig) -> list[str]:
     """The split of every image index: a seeded shuffle cut by the fractions."""
     order = np.random.default_rng([spec.seed, 7]).permutation(spec.n_images)
     n_train = int(round(spec.split[0] * spec.n_images))
@@ -768,7 +718,7 @@ def fingerprint(folder: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
-def generate(out_dir: str | Path, spec: DataSpec, workers: int | None = None, progress: bool = True,
+def generate(out_dir: str | Path, spec: DataConfig, workers: int | None = None, progress: bool = True,
              ood_images: int = 0) -> dict:
     """Write the data set to out_dir (images/, train/val/test COCO JSON, dataset.json) and, where ood_images > 0,
     each out-of-distribution set of that many images to out_dir/ood/NAME; return the summary.
@@ -776,7 +726,7 @@ def generate(out_dir: str | Path, spec: DataSpec, workers: int | None = None, pr
     Files are written to a temporary sibling folder and moved into place at the end, so an interrupted
     run never leaves a half-written data set behind.
     """
-    spec.check()
+    check_backgrounds(spec)
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} exists and is not empty: choose a new --out folder or delete it")
@@ -797,11 +747,11 @@ def generate(out_dir: str | Path, spec: DataSpec, workers: int | None = None, pr
     return summary
 
 
-def write_ood_sets(data_dir: str | Path, spec: DataSpec, n_images: int, workers: int | None = None,
+def write_ood_sets(data_dir: str | Path, spec: DataConfig, n_images: int, workers: int | None = None,
                    progress: bool = True) -> dict:
     """Render the out-of-distribution sets beside an existing data set (a user's labelled one, say) into
     data_dir/ood, written aside and moved into place whole; return their summaries."""
-    spec.check()
+    check_backgrounds(spec)
     data_dir = Path(data_dir)
     if (data_dir / "ood").exists():
         raise FileExistsError(f"{data_dir / 'ood'} exists: delete it to render the sets again")
@@ -817,17 +767,17 @@ def write_ood_sets(data_dir: str | Path, spec: DataSpec, n_images: int, workers:
     return summary
 
 
-def _write_ood_sets(folder: Path, spec: DataSpec, n_images: int, workers: int | None, progress: bool) -> dict:
+def _write_ood_sets(folder: Path, spec: DataConfig, n_images: int, workers: int | None, progress: bool) -> dict:
     summary = {}
     for name in OOD_SETS:
-        ood = {**_write_set(folder / "ood" / name, spec.ood(name, n_images), workers, progress, f"rendering {name}"),
+        ood = {**_write_set(folder / "ood" / name, ood_settings(spec, name, n_images), workers, progress, f"rendering {name}"),
                "about": OOD_SETS[name]["about"]}
         (folder / "ood" / name / "dataset.json").write_text(json.dumps(ood, indent=2))
         summary[name] = ood
     return summary
 
 
-def _write_set(folder: Path, spec: DataSpec, workers: int | None, progress: bool, desc: str) -> dict:
+def _write_set(folder: Path, spec: DataConfig, workers: int | None, progress: bool, desc: str) -> dict:
     """Render spec's images into folder/images and write its three COCO splits; return its summary."""
     (folder / "images").mkdir(parents=True)
     workers = workers or min(os.cpu_count() or 1, 8)
@@ -854,13 +804,13 @@ def _write_set(folder: Path, spec: DataSpec, workers: int | None, progress: bool
         (folder / f"{name}.json").write_text(json.dumps(to_coco(subset)))
         counts[name] = len(subset)
     plates = [o for r in records for o in r["objects"] if o["label"].endswith("_board")]
-    styles = {name: sum(1 for r in records if r["style"] == name) for name, _ in spec.styles}
+    styles = {name: sum(1 for r in records if r["style"] == name) for name in spec.styles}
     photos = background_files(spec)
     return {"source": "synthetic", "seed": spec.seed, "n_images": spec.n_images, "splits": counts,
             "plates": len(plates), "images_by_style": styles,
             "backgrounds": {"source": spec.backgrounds or "shipped photos", "pool": spec.photo_pool,
                             "photos": sorted(Path(f).name for f in photos)},
-            "spec": {k: (list(v) if isinstance(v, tuple) else v) for k, v in spec.__dict__.items()},
+            "spec": dataclasses.asdict(spec),
             "classes": list(CLASSES), "fingerprint": fingerprint(folder)}
 
 

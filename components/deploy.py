@@ -1,7 +1,6 @@
 """Deploy step: the KServe InferenceService that serves the archive layout, created or updated, waited for.
 
-    spec = DeploySpec.from_config(cfg.deploy, storage_uri="gs://bucket/platepipe/v1")
-    result = deploy(spec)                      # create or update, wait for Ready, roll back on failure
+    result = deploy(cfg.deploy, "gs://bucket/platepipe/v1")  # create or update, wait for Ready, roll back on failure
     result.url, result.host                    # where to send requests, and the Host header to send
 
 The manifest is a `serving.kserve.io/v1beta1` InferenceService whose `predictor.model` names our runtime
@@ -19,17 +18,18 @@ The Kubernetes connection is the real `kubernetes` client: a kubeconfig file (--
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import os
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 from urllib.parse import urlparse
 
 import yaml
+
+from platepipe.pipeline.config import DeployConfig
 
 GROUP = "serving.kserve.io"
 VERSION = "v1beta1"
@@ -38,13 +38,10 @@ KIND = "InferenceService"
 API_VERSION = f"{GROUP}/{VERSION}"
 RESOURCE = f"{PLURAL}.{GROUP}"
 MODEL_FORMAT = {"name": "platepipe", "version": "1"}  # the layout `platepipe archive` writes; our runtime serves it
-RUNTIME_KINDS = ("ServingRuntime", "ClusterServingRuntime")
 ISTIO_INJECT = "sidecar.istio.io/inject"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "platepipe"}
 RBAC_VERBS = ("get", "list", "create", "update", "patch", "delete")
 STORAGE_SCHEMES = ("gs", "s3", "pvc", "https", "http")
-NAME = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
-NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 POLL_S = 2.0              # seconds between status reads while waiting for Ready
 REQUEST_TIMEOUT_S = 30    # per API request
@@ -69,68 +66,22 @@ class DeployError(RuntimeError):
 
 # ---------------------------------------------------------------------------------------------- the manifest
 
-@dataclass(frozen=True)
-class DeploySpec:
-    """What the InferenceService says; from the `deploy` section of the run configuration."""
-
-    storage_uri: str
-    name: str = "platepipe"
-    namespace: str = "default"
-    protocol: str = "v1"                   # KServe protocolVersion: v1 | v2
-    image: Optional[str] = None            # serving image (the Dockerfile); required where platepipe keeps the runtime
-    runtime: str = "platepipe-torchserve"  # the ServingRuntime the InferenceService names (components/runtime.py)
-    runtime_kind: str = "ServingRuntime"   # ServingRuntime (namespaced) | ClusterServingRuntime (an admin's)
-    manage_runtime: bool = True            # deploy creates/updates the runtime; False: check the one you keep
-    service_account: Optional[str] = None  # with read access to the bucket; None = the namespace default
-    gpu: int = 1                           # nvidia.com/gpu per replica (limit and request); 0 = CPU
-    cpu_request: str = "1"
-    cpu_limit: str = "4"
-    memory_request: str = "4Gi"
-    memory_limit: str = "8Gi"
-    canary_percent: Optional[int] = None   # share of traffic for the new revision; None = all of it
-    timeout_s: float = 600
-
-    def __post_init__(self) -> None:
-        scheme, sep, rest = self.storage_uri.partition("://")
-        if not sep or scheme not in STORAGE_SCHEMES or not rest.strip("/"):
-            raise ValueError(f"storage URI {self.storage_uri!r}: expected the archive folder as gs://BUCKET/PATH "
-                             f"(or {', '.join(s + '://' for s in STORAGE_SCHEMES[1:])}...)")
-        if not NAME.fullmatch(self.name):
-            raise ValueError(f"InferenceService name {self.name!r}: expected lowercase letters, digits and '-', "
-                             f"starting with a letter, at most 63")
-        if not NAMESPACE.fullmatch(self.namespace):
-            raise ValueError(f"namespace {self.namespace!r}: expected lowercase letters, digits and '-', at most 63")
-        if not NAME.fullmatch(self.runtime):
-            raise ValueError(f"runtime name {self.runtime!r}: expected lowercase letters, digits and '-', "
-                             f"starting with a letter, at most 63")
-        if self.runtime_kind not in RUNTIME_KINDS:
-            raise ValueError(f"runtime_kind {self.runtime_kind!r}: expected {' or '.join(RUNTIME_KINDS)}")
-        if self.protocol not in ("v1", "v2"):
-            raise ValueError(f"protocol {self.protocol!r}: expected v1 or v2")
-        if self.gpu < 0:
-            raise ValueError(f"gpu: expected 0 or more, got {self.gpu}")
-        if self.canary_percent is not None and not 0 <= self.canary_percent <= 100:
-            raise ValueError(f"canary_percent: expected 0-100, got {self.canary_percent}")
-        if self.timeout_s <= 0:
-            raise ValueError(f"timeout: expected more than 0 seconds, got {self.timeout_s:g}")
-
-    @classmethod
-    def from_config(cls, deploy_cfg: Any, storage_uri: str, **overrides: Any) -> "DeploySpec":
-        """From cfg.deploy; keyword overrides (None = keep the configured value) win."""
-        values = {f.name: getattr(deploy_cfg, f.name) for f in dataclasses.fields(cls)
-                  if f.name != "storage_uri" and hasattr(deploy_cfg, f.name)}
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(storage_uri=storage_uri, **values)
+def check_storage_uri(storage_uri: str) -> str:
+    scheme, sep, rest = storage_uri.partition("://")
+    if not sep or scheme not in STORAGE_SCHEMES or not rest.strip("/"):
+        raise ValueError(f"storage URI {storage_uri!r}: expected the archive folder as gs://BUCKET/PATH "
+                         f"(or {', '.join(s + '://' for s in STORAGE_SCHEMES[1:])}...)")
+    return storage_uri
 
 
-def manifest(spec: DeploySpec) -> dict:
-    """The InferenceService for spec, as the API server takes it."""
+def manifest(spec: DeployConfig, storage_uri: str) -> dict:
+    """The InferenceService of the `deploy` settings serving storage_uri, as the API server takes it."""
     requests = {"cpu": spec.cpu_request, "memory": spec.memory_request}
     limits = {"cpu": spec.cpu_limit, "memory": spec.memory_limit}
     if spec.gpu:
         requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(spec.gpu)
     model: dict[str, Any] = {"modelFormat": dict(MODEL_FORMAT), "runtime": spec.runtime,
-                             "protocolVersion": spec.protocol, "storageUri": spec.storage_uri,
+                             "protocolVersion": spec.protocol, "storageUri": check_storage_uri(storage_uri),
                              "resources": {"requests": requests, "limits": limits}}
     predictor: dict[str, Any] = {"model": model}
     if spec.service_account:
@@ -451,18 +402,19 @@ class _NotReady(Exception):
     pass
 
 
-def deploy(spec: DeploySpec, *, api_client=None, kubeconfig=None, poll_s: float | None = None,
+def deploy(spec: DeployConfig, storage_uri: str, *, api_client=None, kubeconfig=None, poll_s: float | None = None,
            ingress_host: str | None = None, ingress_port: int | None = None,
            log: Callable[[str], None] = lambda line: print(line, flush=True)) -> DeployResult:
-    """Create or update the InferenceService, wait until it is Ready and return its endpoint. When it does not
+    """Create or update the InferenceService of the `deploy` settings serving storage_uri, wait until it is
+    Ready and return its endpoint. When it does not
     become Ready, put the previous spec back (or delete what was created) and raise DeployError. First the
     image, the permissions and the runtime (components.runtime.prepare)."""
     from platepipe.components import runtime
 
+    wanted = manifest(spec, storage_uri)
     client = _client(api_client, kubeconfig)
     runtime.prepare(spec, client, log)
     isvcs = _services(spec.namespace, client)
-    wanted = manifest(spec)
     where = f"{spec.namespace}/{spec.name}"
     previous = isvcs.get(spec.name)
     created = previous is None

@@ -91,8 +91,12 @@ def detect_format(folder: Path) -> str:
 
 
 def prepare(source: str, out_dir: str | Path, fmt: str = "auto", seed: int = 0,
-            split: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> Path:
-    """Turn a labelled folder (or gs:// prefix) into OUT with images/, train/val/test.json and dataset.json."""
+            split: tuple[float, float, float] | None = None) -> Path:
+    """Turn a labelled folder (or gs:// prefix) into OUT with images/, train/val/test.json and dataset.json;
+    split: the data section's (split_train, split_val, split_test), default configs/default.yaml's."""
+    if split is None:
+        from platepipe.pipeline.config import settings
+        split = settings("data").split
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} exists and is not empty: choose a new folder or delete it")

@@ -17,7 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from platepipe.components.deploy import GROUP, MANAGED_BY, MODEL_FORMAT, RBAC_VERBS, CustomObjects, DeployError, DeploySpec
+from platepipe.components.deploy import GROUP, MANAGED_BY, MODEL_FORMAT, RBAC_VERBS, CustomObjects, DeployError
+from platepipe.pipeline.config import DeployConfig, settings
 from platepipe.serving.container import HTTP_PORT, METRICS_PORT
 
 RUNTIME_VERSION = "v1alpha1"
@@ -43,7 +44,7 @@ def usable_image(image: str | None, setting: str, build: str) -> str:
 BUILD_SERVING = "build and push the serving image (`make images REGISTRY=...`, the Dockerfile)"
 
 
-def runtime_manifest(spec: DeploySpec) -> dict:
+def runtime_manifest(spec: DeployConfig) -> dict:
     """The ServingRuntime (spec.runtime_kind) named spec.runtime, for spec.image."""
     image = usable_image(spec.image, "deploy.image", BUILD_SERVING)
     meta: dict[str, Any] = {"name": spec.runtime}
@@ -75,17 +76,17 @@ def runtime_manifest(spec: DeploySpec) -> dict:
     }
 
 
-def runtimes(spec: DeploySpec, client) -> CustomObjects:
+def runtimes(spec: DeployConfig, client) -> CustomObjects:
     namespace = spec.namespace if spec.runtime_kind == "ServingRuntime" else None
     return CustomObjects(client, namespace, KINDS[spec.runtime_kind], RUNTIME_VERSION, spec.runtime_kind)
 
 
-def _described(spec: DeploySpec) -> str:
+def _described(spec: DeployConfig) -> str:
     return (f"{spec.runtime_kind} {spec.namespace}/{spec.runtime}" if spec.runtime_kind == "ServingRuntime"
             else f"ClusterServingRuntime {spec.runtime}")
 
 
-def check_runtime(obj: dict | None, spec: DeploySpec) -> str | None:
+def check_runtime(obj: dict | None, spec: DeployConfig) -> str | None:
     """Why obj cannot serve the InferenceService spec describes (None: it can)."""
     what = _described(spec)
     if obj is None:
@@ -106,7 +107,7 @@ def check_runtime(obj: dict | None, spec: DeploySpec) -> str | None:
     return None
 
 
-def ensure_runtime(spec: DeploySpec, client) -> str:
+def ensure_runtime(spec: DeployConfig, client) -> str:
     """Create or update the runtime (spec.manage_runtime), or check the one the user keeps; a sentence saying
     what was done. DeployError when it cannot serve the model."""
     objects = runtimes(spec, client)
@@ -146,7 +147,7 @@ class Access:
         return f"{self.verb} {self.resource}.{self.group} {where}" if self.group else f"{self.verb} {self.resource} {where}"
 
 
-def needed_access(spec: DeploySpec) -> list[Access]:
+def needed_access(spec: DeployConfig) -> list[Access]:
     """Every verb `platepipe deploy` uses (delete: rolling back a new service that failed)."""
     wanted = [Access(verb, "inferenceservices", spec.namespace) for verb in ("get", "create", "update", "delete")]
     scope = spec.namespace if spec.runtime_kind == "ServingRuntime" else None
@@ -176,7 +177,7 @@ def allowed(client, access: Access) -> tuple[bool, str]:
     return bool(status.allowed), (status.reason or status.evaluation_error or "")
 
 
-def preflight(spec: DeploySpec, client) -> None:
+def preflight(spec: DeployConfig, client) -> None:
     """DeployError naming every missing permission (and the manifest that grants them) before anything is
     created."""
     missing = [str(a) for a in needed_access(spec) if not allowed(client, a)[0]]
@@ -188,7 +189,7 @@ def preflight(spec: DeploySpec, client) -> None:
                              "--dry-run`)" if spec.runtime_kind == "ClusterServingRuntime" else ""))
 
 
-def prepare(spec: DeploySpec, client, log: Callable[[str], None] = print) -> None:
+def prepare(spec: DeployConfig, client, log: Callable[[str], None] = print) -> None:
     """What a deploy does before it touches the InferenceService: a usable image, every permission it needs,
     and the runtime (created, updated or checked). DeployError, with nothing created, when one is missing."""
     if spec.manage_runtime:
@@ -201,7 +202,7 @@ def rbac_manifests(namespace: str = "kubeflow-user", service_account: str = "def
     """The Role and RoleBinding that let service_account (the pipeline's: Kubeflow's default-editor in a
     profile namespace) run every deploy verb in namespace; k8s/rbac.yaml holds them for the defaults."""
     role = "platepipe-deployer"
-    verbs = sorted({a.verb for a in needed_access(DeploySpec("gs://b/p", namespace=namespace))} | set(RBAC_VERBS))
+    verbs = sorted({a.verb for a in needed_access(settings("deploy", namespace=namespace))} | set(RBAC_VERBS))
     return [
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
          "metadata": {"name": role, "namespace": namespace, "labels": dict(MANAGED_BY)},
@@ -223,7 +224,7 @@ class ClusterCheck:
     fix: str = ""
 
 
-def cluster_checks(spec: DeploySpec, client) -> list[ClusterCheck]:
+def cluster_checks(spec: DeployConfig, client) -> list[ClusterCheck]:
     from kubernetes import client as k8s
     from kubernetes.client.exceptions import ApiException
 
@@ -283,7 +284,7 @@ def cluster_checks(spec: DeploySpec, client) -> list[ClusterCheck]:
         notes = sa.metadata.annotations or {}
         identity = notes.get("iam.gke.io/gcp-service-account")
         secrets = [s.name for s in sa.secrets or []]
-        if spec.storage_uri.startswith("gs://") and not identity and not secrets:
+        if not identity and not secrets:  # platepipe upload writes to gs://
             out.append(ClusterCheck("storage service account", False, f"{spec.namespace}/{account} has neither a "
                                     f"Workload Identity annotation nor a secret, so the storage initializer reads "
                                     f"gs:// anonymously", "annotate it with iam.gke.io/gcp-service-account=GSA "

@@ -105,10 +105,11 @@ class Result:
 def smoke_spec(n_images: int, seed: int = DEFAULT_SEED, style: str = "stamped"):
     """The synthetic images: every one with plates, in one style, on real photos, about 1280 px, plates large
     enough to read."""
-    from platepipe.components.data import DataSpec
-    return DataSpec(n_images=n_images, seed=seed, min_size=1152, max_size=1344, plate_width_min=160,
-                    plate_width_max=360, split=(1.0, 0.0, 0.0), empty_fraction=0.0, procedural_fraction=0.0,
-                    styles=((style, 1.0),))
+    from platepipe.pipeline.config import settings
+
+    return settings("data", n_images=n_images, seed=seed, min_size=1152, max_size=1344, plate_width_min=160,
+                    plate_width_max=360, split_train=1.0, split_val=0.0, split_test=0.0, empty_fraction=0.0,
+                    procedural_fraction=0.0, styles={style: 1.0})
 
 
 def _generated(folder: Path, spec, source: str, prefix: str = "") -> list[Sample]:

@@ -65,8 +65,14 @@ class DataConfig(_Section):
     split_test: float
     backgrounds: Optional[str]
     procedural_fraction: float
+    photo_pool: Literal["train", "held-out", "all"]
+    empty_fraction: float
     ood_images: int
     out_dir: Optional[str]
+
+    @property
+    def split(self) -> tuple[float, float, float]:
+        return self.split_train, self.split_val, self.split_test
 
     def check(self) -> None:
         _not_empty(self, "source")
@@ -76,6 +82,7 @@ class DataConfig(_Section):
         _ordered(self, "plate_width_min", "plate_width_max")
         _between(self, "plate_width_max_frac", 0.05, 1.0)
         _between(self, "procedural_fraction", 0.0, 1.0)
+        _between(self, "empty_fraction", 0.0, 1.0)
         _between(self, "ood_images", 0, 100_000)
         _not_empty(self, "backgrounds")
         for name, weight in self.styles.items():

@@ -56,12 +56,12 @@ def make_data(config: str, out_dir: str, preview_html: str) -> dict:
     cfg = _cfg(config)
     d = cfg.data
     if d.source == "synthetic":
-        summary = data.generate(out_dir, data.DataSpec.from_config(d), ood_images=d.ood_images)
+        summary = data.generate(out_dir, d, ood_images=d.ood_images)
     else:
-        labelled.prepare(d.source, out_dir, fmt=d.format, seed=d.seed, split=(d.split_train, d.split_val, d.split_test))
+        labelled.prepare(d.source, out_dir, fmt=d.format, seed=d.seed, split=d.split)
         summary = json.loads((Path(out_dir) / "dataset.json").read_text())
         if d.ood_images:  # the same out-of-distribution sets beside the user's own
-            data.write_ood_sets(out_dir, data.DataSpec.from_config(d), d.ood_images, progress=False)
+            data.write_ood_sets(out_dir, d, d.ood_images, progress=False)
     with tempfile.TemporaryDirectory() as tmp:
         sheet = data.preview(out_dir, Path(tmp) / "preview.png")
         Path(preview_html).write_text(_html_image(sheet, "platepipe data: labels drawn on a sample of the training split"))
@@ -194,8 +194,7 @@ def deploy(config: str, storage_uri: str, target: str) -> dict:
         raise ValueError(f"deploy_target {target!r}: expected kserve or local")
     from platepipe.components import deploy as dep
 
-    spec = dep.DeploySpec.from_config(cfg.deploy, storage_uri)
-    done = dep.deploy(spec, ingress_host=cfg.deploy.ingress_host, ingress_port=cfg.deploy.ingress_port)
+    done = dep.deploy(cfg.deploy, storage_uri, ingress_host=cfg.deploy.ingress_host, ingress_port=cfg.deploy.ingress_port)
     rollback = {"name": done.name, "namespace": done.namespace, "previous": done.previous}
     return _report("deploy", {"url": done.url, "host": done.host, "model_name": cfg.serving.model_name,
                               "rollback": json.dumps(rollback),

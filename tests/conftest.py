@@ -1,6 +1,6 @@
 import pytest
 
-from platepipe.components.data import DataSpec, generate
+from platepipe.components.data import generate
 from platepipe.pipeline.config import settings
 from platepipe.pipeline.fake_gcs import FakeGcs
 
@@ -9,8 +9,8 @@ from platepipe.pipeline.fake_gcs import FakeGcs
 def data_dir(tmp_path_factory):
     """A small synthetic data set (12 images of 320-400 px, 6 for training) for the model's tests."""
     out = tmp_path_factory.mktemp("model") / "data"
-    generate(out, DataSpec(n_images=12, seed=11, min_size=320, max_size=400, plate_width_min=80,
-                           plate_width_max=200, split=(0.5, 0.25, 0.25)), workers=1, progress=False)
+    generate(out, settings("data", n_images=12, seed=11, min_size=320, max_size=400, plate_width_min=80,
+                           plate_width_max=200, split_train=0.5, split_val=0.25, split_test=0.25), workers=1, progress=False)
     return out
 
 
@@ -21,8 +21,8 @@ def tiny_model(tmp_path_factory):
     from platepipe.components.train import train
 
     root = tmp_path_factory.mktemp("tiny-model")
-    generate(root / "data", DataSpec(n_images=8, seed=21, min_size=320, max_size=400, plate_width_min=80,
-                                     plate_width_max=200, split=(0.5, 0.25, 0.25)), workers=1, progress=False)
+    generate(root / "data", settings("data", n_images=8, seed=21, min_size=320, max_size=400, plate_width_min=80,
+                                     plate_width_max=200, split_train=0.5, split_val=0.25, split_test=0.25), workers=1, progress=False)
     return root, train(root / "data", root / "train", settings("model", preset="tiny"), settings("train", max_iters=2, val_interval=2, workers=0))
 
 

@@ -34,7 +34,6 @@ import pytest
 
 from platepipe.components.archive import archive
 from platepipe.pipeline.config import settings
-from platepipe.components.deploy import DeploySpec
 from platepipe.components.runtime import MODEL_DIR, runtime_manifest
 from platepipe.pipeline.cli import main
 from platepipe.pipeline.config import load_config
@@ -72,7 +71,7 @@ def entrypoint() -> Path:
 
 
 def runtime() -> dict:
-    return runtime_manifest(DeploySpec("gs://models/pp/v1", namespace="ml", image=IMAGE))["spec"]["containers"][0]
+    return runtime_manifest(settings("deploy", namespace="ml", image=IMAGE))["spec"]["containers"][0]
 
 
 def in_image(command: list[str]) -> list[str]:

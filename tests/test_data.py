@@ -9,7 +9,9 @@ import pytest
 from pycocotools.coco import COCO
 
 from platepipe.components import data
-from platepipe.components.data import DataSpec, generate, preview, render_plate
+
+from platepipe.pipeline.config import settings
+from platepipe.components.data import generate, preview, render_plate
 from platepipe.serving.labels import CLASSES, DIGITS, LETTERS
 from platepipe.serving.plates import Detection, decode
 
@@ -19,7 +21,7 @@ SMALL = dict(min_size=320, max_size=480, plate_width_min=60, plate_width_max=200
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     out = tmp_path_factory.mktemp("ds") / "set"
-    summary = generate(out, DataSpec(n_images=24, seed=3, **SMALL), workers=2, progress=False, ood_images=4)
+    summary = generate(out, settings("data", n_images=24, seed=3, **SMALL), workers=2, progress=False, ood_images=4)
     return out, summary
 
 
@@ -27,7 +29,7 @@ def dataset(tmp_path_factory):
 def styled(request, tmp_path_factory):
     """A data set in one style alone."""
     out = tmp_path_factory.mktemp("styled") / request.param
-    generate(out, DataSpec(n_images=16, seed=9, styles=((request.param, 1.0),), **SMALL), workers=1, progress=False)
+    generate(out, settings("data", n_images=16, seed=9, styles={request.param: 1.0}, **SMALL), workers=1, progress=False)
     return out
 
 
@@ -42,9 +44,9 @@ def load_all(folder: Path):
 
 def test_same_seed_same_bytes_whatever_the_workers(tmp_path, dataset):
     out, summary = dataset
-    again = generate(tmp_path / "again", DataSpec(n_images=24, seed=3, **SMALL), workers=1, progress=False)
+    again = generate(tmp_path / "again", settings("data", n_images=24, seed=3, **SMALL), workers=1, progress=False)
     assert again["fingerprint"] == summary["fingerprint"]
-    other = generate(tmp_path / "other", DataSpec(n_images=24, seed=4, **SMALL), workers=1, progress=False)
+    other = generate(tmp_path / "other", settings("data", n_images=24, seed=4, **SMALL), workers=1, progress=False)
     assert other["fingerprint"] != summary["fingerprint"]
 
 
@@ -136,7 +138,7 @@ def test_every_labelled_plate_is_visible(monkeypatch):
                                                                      real_paste(img, plate, hom, alpha)))
     monkeypatch.setattr(data, "_photometric", lambda rng, img: img)
     # procedural scenes: no second photo blended over the image
-    spec = DataSpec(n_images=40, seed=5, min_size=480, max_size=640, plate_width_min=100, plate_width_max=220,
+    spec = settings("data", n_images=40, seed=5, min_size=480, max_size=640, plate_width_min=100, plate_width_max=220,
                     backgrounds="procedural")
     checked = 0
     for index in range(40):
@@ -165,7 +167,7 @@ def test_coco_loads_with_pycocotools(dataset):
 
 
 def test_plate_free_images_have_no_annotations(tmp_path):
-    generate(tmp_path / "empty", DataSpec(n_images=4, seed=1, empty_fraction=1.0, **SMALL), workers=1, progress=False)
+    generate(tmp_path / "empty", settings("data", n_images=4, seed=1, empty_fraction=1.0, **SMALL), workers=1, progress=False)
     assert load_all(tmp_path / "empty")[1] == []
 
 
@@ -174,7 +176,7 @@ def test_user_photo_backgrounds(tmp_path):
     photos.mkdir()
     for i in range(2):
         cv2.imwrite(str(photos / f"p{i}.png"), np.full((300, 400, 3), 40 + 100 * i, np.uint8))
-    summary = generate(tmp_path / "out", DataSpec(n_images=6, seed=2, backgrounds=str(photos), **SMALL),
+    summary = generate(tmp_path / "out", settings("data", n_images=6, seed=2, backgrounds=str(photos), **SMALL),
                        workers=1, progress=False)
     assert summary["n_images"] == 6
     img = cv2.imread(str(tmp_path / "out" / "images" / "000000.jpg"))
@@ -184,14 +186,14 @@ def test_user_photo_backgrounds(tmp_path):
 
 def test_bad_settings_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match="backgrounds folder not found"):
-        generate(tmp_path / "x", DataSpec(n_images=2, backgrounds=str(tmp_path / "nope")), progress=False)
-    with pytest.raises(ValueError, match="split must be three fractions"):
-        generate(tmp_path / "x", DataSpec(n_images=2, split=(0.5, 0.2, 0.2)), progress=False)
-    with pytest.raises(ValueError, match="min_size <= max_size"):
-        generate(tmp_path / "x", DataSpec(n_images=2, min_size=900, max_size=600), progress=False)
+        generate(tmp_path / "x", settings("data", n_images=2, backgrounds=str(tmp_path / "nope")), progress=False)
+    with pytest.raises(ValueError, match="split_test must be 1, got 0.9"):
+        generate(tmp_path / "x", settings("data", n_images=2, split_train=0.5, split_val=0.2, split_test=0.2), progress=False)
+    with pytest.raises(ValueError, match="min_size"):
+        generate(tmp_path / "x", settings("data", n_images=2, min_size=900, max_size=600), progress=False)
     (tmp_path / "empty_photos").mkdir()
     with pytest.raises(ValueError, match="no images"):
-        generate(tmp_path / "y", DataSpec(n_images=2, backgrounds=str(tmp_path / "empty_photos"), **SMALL),
+        generate(tmp_path / "y", settings("data", n_images=2, backgrounds=str(tmp_path / "empty_photos"), **SMALL),
                  workers=1, progress=False)
     assert not (tmp_path / "y").exists() and not list(tmp_path.glob(".y.partial-*"))
 
@@ -200,7 +202,7 @@ def test_never_writes_into_a_full_folder(tmp_path):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="not empty"):
-        generate(tmp_path / "full", DataSpec(n_images=2, **SMALL), progress=False)
+        generate(tmp_path / "full", settings("data", n_images=2, **SMALL), progress=False)
     assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
 
 
@@ -356,18 +358,18 @@ def test_preview_shows_every_style_and_every_set(dataset, tmp_path):
 
 
 def test_bad_styles_are_named():
-    with pytest.raises(ValueError, match="unknown style"):
-        DataSpec(n_images=1, styles=(("fancy", 1.0),)).check()
-    with pytest.raises(ValueError, match="weights"):
-        DataSpec(n_images=1, styles=(("original", 0.0),)).check()
+    with pytest.raises(ValueError, match="data.styles.fancy: unknown style"):
+        settings("data", n_images=1, styles={"fancy": 1.0})
+    with pytest.raises(ValueError, match="at least one style a weight above 0"):
+        settings("data", n_images=1, styles={"original": 0.0})
 
 
 def test_out_of_distribution_sets_beside_a_users_data_set(tmp_path):
     """A labelled set of the user's gets the same sets beside it, written whole, never over existing ones."""
     (tmp_path / "mine").mkdir()
-    summary = data.write_ood_sets(tmp_path / "mine", DataSpec(**SMALL), 2, workers=1, progress=False)
+    summary = data.write_ood_sets(tmp_path / "mine", settings("data", **SMALL), 2, workers=1, progress=False)
     assert set(summary) == set(data.OOD_SETS)
     assert all((tmp_path / "mine" / "ood" / name / "test.json").is_file() for name in data.OOD_SETS)
     assert [p.name for p in (tmp_path / "mine").iterdir()] == ["ood"]  # nothing half-written left beside it
     with pytest.raises(FileExistsError, match="delete it to render the sets again"):
-        data.write_ood_sets(tmp_path / "mine", DataSpec(**SMALL), 2, workers=1, progress=False)
+        data.write_ood_sets(tmp_path / "mine", settings("data", **SMALL), 2, workers=1, progress=False)

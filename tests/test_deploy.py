@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from platepipe.components import deploy
-from platepipe.components.deploy import DeployError, DeploySpec
+from platepipe.components.deploy import DeployError
 from platepipe.pipeline.cli import main
 from platepipe.pipeline.config import load_config
 from k8s_stub import K8sStub, failing, never, ready
@@ -102,9 +102,9 @@ def crd_errors(obj: dict) -> list[str]:
     return errors + [f"{p}: unknown field" for p in unknown_fields(obj, crd_schema(kind))]
 
 
-def spec(**changes) -> DeploySpec:
-    base = DeploySpec.from_config(load_config().deploy, URI, namespace=NS, timeout_s=10, image=IMAGE)
-    return dataclasses.replace(base, **changes)
+def spec(**changes):
+    """The deploy section the tests deploy with (serving URI unless a test says otherwise)."""
+    return dataclasses.replace(load_config().deploy, **{"namespace": NS, "timeout_s": 10, "image": IMAGE, **changes})
 
 
 VARIANTS = {
@@ -123,7 +123,7 @@ VARIANTS = {
 @pytest.mark.parametrize("changes", list(VARIANTS.values()), ids=list(VARIANTS))
 def test_every_manifest_variant_validates_against_the_crd(changes):
     s = spec(**changes)
-    m = deploy.manifest(s)
+    m = deploy.manifest(s, URI)
     assert crd_errors(m) == []
     assert yaml.safe_load(deploy.to_yaml(m)) == m  # the YAML of --dry-run is the same object
     model = m["spec"]["predictor"]["model"]
@@ -144,7 +144,7 @@ def test_every_manifest_variant_validates_against_the_crd(changes):
 
 
 def test_the_validator_catches_bad_manifests():
-    good = deploy.manifest(spec())
+    good = deploy.manifest(spec(), URI)
     assert crd_errors(good) == []
 
     def broken(edit) -> list[str]:
@@ -184,7 +184,7 @@ def test_the_schema_is_the_real_crd_and_its_extensions_are_ignored():
     limits = schema["properties"]["spec"]["properties"]["predictor"]["properties"]["model"]["properties"][
         "resources"]["properties"]["limits"]["additionalProperties"]
     assert limits.get("x-kubernetes-int-or-string") is True
-    m = deploy.manifest(spec())
+    m = deploy.manifest(spec(), URI)
     m["spec"]["predictor"]["model"]["resources"]["limits"]["cpu"] = 4  # int-or-string: an integer is fine too
     assert crd_errors(m) == []
     # preserve-unknown-fields is honoured (status is free at the top level)
@@ -194,12 +194,12 @@ def test_the_schema_is_the_real_crd_and_its_extensions_are_ignored():
 def test_the_stub_controller_writes_status_the_crd_accepts(tmp_path):
     with K8sStub(controller=ready(after_gets=2)) as stub:
         client = deploy.api_client(stub.kubeconfig(tmp_path / "kc"))
-        deploy.deploy(spec(canary_percent=20), api_client=client, poll_s=0.01, log=lambda _: None)
+        deploy.deploy(spec(canary_percent=20), URI, api_client=client, poll_s=0.01, log=lambda _: None)
         isvc = stub.get(NS, "platepipe")
         assert crd_errors(isvc) == []
         stub.controller = failing()
         with pytest.raises(DeployError):
-            deploy.deploy(spec(storage_uri=URI2), api_client=client, poll_s=0.01, log=lambda _: None)
+            deploy.deploy(spec(), URI2, api_client=client, poll_s=0.01, log=lambda _: None)
         failed = [body for method, _, _, body in stub.calls("PUT")][0]
         assert crd_errors(failed) == []
 
@@ -243,7 +243,7 @@ def test_deploy_creates_the_service_and_waits_for_ready(stub, kubeconfig, capsys
     code, out, err = cli_deploy(capsys, kubeconfig, "--storage-uri", URI, "--timeout", "10")
     assert code == 0, err
     isvc = stub.get(NS, "platepipe")
-    assert isvc["spec"] == deploy.manifest(spec())["spec"]
+    assert isvc["spec"] == deploy.manifest(spec(), URI)["spec"]
     assert isvc["metadata"]["annotations"]["sidecar.istio.io/inject"] == "false"
     assert isvc["metadata"]["generation"] == 1 and isvc["status"]["observedGeneration"] == 1
     # the real client's requests: a read, a create, then reads until Ready
@@ -402,7 +402,7 @@ def test_without_a_serving_image_nothing_is_created_and_the_fix_is_named(stub, k
     assert stub.calls(every=True) == []
     # the pipeline's deploy step goes through the same function
     with pytest.raises(DeployError, match="deploy.image is not set"):
-        deploy.deploy(dataclasses.replace(spec(), image=None), api_client=deploy.api_client(kubeconfig))
+        deploy.deploy(dataclasses.replace(spec(), image=None), URI, api_client=deploy.api_client(kubeconfig))
     assert stub.calls(every=True) == []
 
 
@@ -438,7 +438,7 @@ def test_deploy_needs_a_storage_uri_of_the_right_kind(kubeconfig, capsys):
     code, _, err = cli_deploy(capsys, kubeconfig, "--storage-uri", "/tmp/layout", "--dry-run")
     assert code == 2 and "expected the archive folder as gs://BUCKET/PATH" in err
     code, _, err = cli_deploy(capsys, kubeconfig, "--storage-uri", URI, "--name", "Bad_Name", "--dry-run")
-    assert code == 2 and "InferenceService name 'Bad_Name'" in err
+    assert code == 2 and "deploy.name: expected a Kubernetes name" in err and "'Bad_Name'" in err
 
 # ---------------------------------------------------------------------------------------------- endpoints
 
@@ -559,7 +559,7 @@ def test_the_stub_speaks_patch_as_the_real_client_sends_it(stub, kubeconfig, cap
 @pytest.mark.parametrize("existing", [False, True], ids=["create", "update"])
 def test_ctrl_c_while_waiting_rolls_back_then_stops(stub, kubeconfig, existing):
     if existing:
-        deploy.deploy(spec(), kubeconfig=kubeconfig, log=lambda line: None)
+        deploy.deploy(spec(), URI, kubeconfig=kubeconfig, log=lambda line: None)
     before = stub.get(NS, "platepipe")
     stub.controller = never()
     lines = []
@@ -570,7 +570,7 @@ def test_ctrl_c_while_waiting_rolls_back_then_stops(stub, kubeconfig, existing):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        deploy.deploy(spec(storage_uri=URI2), kubeconfig=kubeconfig, log=log)
+        deploy.deploy(spec(), URI2, kubeconfig=kubeconfig, log=log)
     if existing:
         assert stub.get(NS, "platepipe")["spec"] == before["spec"]
         assert "interrupted while waiting for ml/platepipe to become Ready: restored the previous spec" in lines[-1]
@@ -587,7 +587,7 @@ def test_api_failure_while_waiting_says_so_and_tries_to_roll_back(stub, kubeconf
             stub.forbidden = True
 
     with pytest.raises(deploy.DeployError) as err:
-        deploy.deploy(spec(), kubeconfig=kubeconfig, log=log)
+        deploy.deploy(spec(), URI, kubeconfig=kubeconfig, log=log)
     message = str(err.value)
     assert "while waiting for ml/platepipe to become Ready" in message and "forbidden" in message.lower()
     assert "rolling back failed too" in message, message

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from platepipe.components import labelled
-from platepipe.components.data import DataSpec, generate
+from platepipe.components.data import generate
 from platepipe.components.gcs import GcsError, client, download
+from platepipe.pipeline.config import settings
 from platepipe.serving.labels import CLASSES
 
 
@@ -54,7 +55,7 @@ def test_labelme_with_unknown_label_names_it(tmp_path):
 
 def test_single_coco_file_is_split(tmp_path):
     synth = tmp_path / "synth"
-    generate(synth, DataSpec(n_images=8, seed=2, min_size=320, max_size=400), workers=1, progress=False)
+    generate(synth, settings("data", n_images=8, seed=2, min_size=320, max_size=400), workers=1, progress=False)
     merged = json.loads((synth / "train.json").read_text())
     for split in ("val", "test"):
         more = json.loads((synth / f"{split}.json").read_text())

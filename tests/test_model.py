@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from platepipe.components.data import DataSpec, generate
+from platepipe.components.data import generate
 from platepipe.pipeline.config import settings
 from platepipe.components.evaluate import evaluate, truth_plates
 from platepipe.components.export import FORMAT, load_pipeline
@@ -214,8 +214,8 @@ class Oracle:
 
 def test_evaluate_known_answer(tmp_path):
     data = tmp_path / "data"
-    generate(data, DataSpec(n_images=10, seed=5, min_size=320, max_size=400, plate_width_min=80, plate_width_max=200,
-                            split=(0.0, 0.0, 1.0), empty_fraction=0.2), workers=1, progress=False)
+    generate(data, settings("data", n_images=10, seed=5, min_size=320, max_size=400, plate_width_min=80, plate_width_max=200,
+                            split_train=0.0, split_val=0.0, split_test=1.0, empty_fraction=0.2), workers=1, progress=False)
     coco = json.loads((data / "test.json").read_text())
     n_plates = sum(len(v) for v in truth_plates(coco).values())
     n_empty = sum(1 for v in truth_plates(coco).values() if not v)
@@ -271,8 +271,8 @@ def test_evaluate_reports_each_out_of_distribution_set(tmp_path):
     from platepipe.pipeline.tasks import metric_rows
 
     data = tmp_path / "data"
-    generate(data, DataSpec(n_images=6, seed=5, min_size=320, max_size=400, plate_width_min=80, plate_width_max=200,
-                            split=(0.0, 0.0, 1.0), empty_fraction=0.0), workers=1, progress=False, ood_images=3)
+    generate(data, settings("data", n_images=6, seed=5, min_size=320, max_size=400, plate_width_min=80, plate_width_max=200,
+                            split_train=0.0, split_val=0.0, split_test=1.0, empty_fraction=0.0), workers=1, progress=False, ood_images=3)
     metrics = evaluate(SetOracle(data), data, tmp_path / "eval", progress=False)
     ood = metrics["ood"]
     assert set(ood) == {"original", "plate-free", "unseen-fonts", "unseen-photos"}

@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from platepipe.components import deploy, runtime
-from platepipe.components.deploy import DeployError, DeploySpec
+from platepipe.components.deploy import DeployError
+from platepipe.pipeline.config import settings
 from platepipe.components.runtime import ARGS, ENTRYPOINT, ensure_runtime, needed_access, preflight, runtime_manifest
 from k8s_stub import K8sStub, ready
 from platepipe.pipeline.cli import main
@@ -25,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(60)
 
 
-def spec(**changes) -> DeploySpec:
-    return DeploySpec(URI, **{"namespace": NS, "image": IMAGE, "timeout_s": 10, **changes})
+def spec(**changes):
+    return settings("deploy", **{"namespace": NS, "image": IMAGE, "timeout_s": 10, **changes})
 
 
 @pytest.mark.parametrize("kind", ["ServingRuntime", "ClusterServingRuntime"])
@@ -46,7 +47,7 @@ def test_the_runtime_validates_against_its_crd_and_says_what_the_container_needs
     assert sc["runAsUser"] == 1000 and sc["runAsNonRoot"] and not sc["allowPrivilegeEscalation"]
     assert sc["capabilities"] == {"drop": ["ALL"]} and not sc["privileged"]
     # the InferenceService names it and a format it serves
-    isvc = deploy.manifest(spec(runtime_kind=kind))["spec"]["predictor"]["model"]
+    isvc = deploy.manifest(spec(runtime_kind=kind), URI)["spec"]["predictor"]["model"]
     assert isvc["runtime"] == m["metadata"]["name"]
     assert {**isvc["modelFormat"], "autoSelect": False} in body["supportedModelFormats"]
 
@@ -60,10 +61,17 @@ def test_the_validator_catches_a_broken_runtime():
     assert crd_errors(m) == ["spec.containers[0].readinesProbe: unknown field"]
 
 
-@pytest.mark.parametrize("image", [None, "", "platepipe:latest", "platepipe-serving:latest"])
+@pytest.mark.parametrize("image", [None, "platepipe:latest", "platepipe-serving:latest"])
 def test_no_runtime_without_a_usable_image(image):
     with pytest.raises(DeployError, match=r"make images REGISTRY=.*deploy\.image"):
         runtime_manifest(spec(image=image))
+
+
+def test_an_empty_image_is_refused_where_it_is_set():
+    from platepipe.pipeline.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"deploy\.image: must not be empty"):
+        spec(image="")
 
 
 @pytest.fixture
@@ -120,7 +128,7 @@ def test_preflight_names_every_missing_permission_and_creates_nothing(stub, clie
     preflight(spec(), client)  # all allowed
     stub.denied = {("create", "servingruntimes"), ("delete", "inferenceservices")}
     with pytest.raises(DeployError) as err:
-        deploy.deploy(spec(), api_client=client, poll_s=0.01, log=lambda _: None)
+        deploy.deploy(spec(), URI, api_client=client, poll_s=0.01, log=lambda _: None)
     text = str(err.value)
     assert "create servingruntimes.serving.kserve.io in namespace 'ml'" in text
     assert "delete inferenceservices.serving.kserve.io in namespace 'ml'" in text

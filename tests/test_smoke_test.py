@@ -420,12 +420,12 @@ def test_cli_isvc_takes_url_and_host_from_the_inference_service(stub, tmp_path, 
 def test_real_torchserve_with_a_tiny_model_fails_naming_the_missed_plates(tmp_path):
     from platepipe.components.archive import archive
     from platepipe.pipeline.config import settings
-    from platepipe.components.data import DataSpec, generate
+    from platepipe.components.data import generate
     from platepipe.components.train import train
     from platepipe.components import local_server as server
 
-    generate(tmp_path / "data", DataSpec(n_images=8, seed=23, min_size=320, max_size=400, plate_width_min=80,
-                                         plate_width_max=200, split=(0.5, 0.25, 0.25)), workers=1, progress=False)
+    generate(tmp_path / "data", settings("data", n_images=8, seed=23, min_size=320, max_size=400, plate_width_min=80,
+                                         plate_width_max=200, split_train=0.5, split_val=0.25, split_test=0.25), workers=1, progress=False)
     pth = train(tmp_path / "data", tmp_path / "train", settings("model", preset="tiny"), settings("train", max_iters=2, val_interval=2, workers=0))
     layout = archive(pth, tmp_path / "layout", settings("serving", batch_size=1, max_request_size_mb=8))
     ports = [server.free_port() for _ in range(3)]

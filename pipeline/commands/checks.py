@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from platepipe.pipeline.commands.common import load
@@ -31,8 +32,7 @@ def register(sub, common) -> None:
 def _doctor_cluster(args: argparse.Namespace) -> int:
     from platepipe.components import deploy, runtime
     cfg = load(args)
-    bucket = cfg.gcs.bucket or "BUCKET"
-    spec = deploy.DeploySpec.from_config(cfg.deploy, f"gs://{bucket}/{cfg.gcs.prefix}", namespace=args.namespace)
+    spec = dataclasses.replace(cfg.deploy, namespace=args.namespace) if args.namespace else cfg.deploy
     checks = runtime.cluster_checks(spec, deploy.api_client(args.kubeconfig))
     print(runtime.report(checks))
     if any(c.ok is False for c in checks):

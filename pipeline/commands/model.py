@@ -72,7 +72,7 @@ def _training_data(source: str, prepared: Path, cfg: Config) -> Path:
         return prepared
     from platepipe.components import labelled
     d = cfg.data
-    out = labelled.prepare(source, prepared, fmt=d.format, seed=d.seed, split=(d.split_train, d.split_val, d.split_test))
+    out = labelled.prepare(source, prepared, fmt=d.format, seed=d.seed, split=d.split)
     print(f"prepared {source} as a data set in {out}")
     return out
 
@@ -89,7 +89,8 @@ def cmd_data(args: argparse.Namespace) -> int:
         print(f"preview: {data.preview(out, out / 'preview.png')}")
         return 0
     cfg = load(args)
-    spec = data.DataSpec.from_config(cfg.data, n_images=args.n, seed=args.seed, backgrounds=args.backgrounds)
+    given = dict(n_images=args.n, seed=args.seed, backgrounds=args.backgrounds)
+    spec = dataclasses.replace(cfg.data, **{k: v for k, v in given.items() if v is not None})
     started = time.monotonic()
     summary = data.generate(out, spec, workers=args.workers,
                             ood_images=cfg.data.ood_images if args.ood is None else args.ood)

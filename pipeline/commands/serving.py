@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -190,16 +191,17 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     if not args.storage_uri:
         raise ValueError("deploy needs --storage-uri gs://BUCKET/PATH (the folder with model-store/ and config/, "
                          "as platepipe upload prints it), or --status / --delete")
-    spec = deploy.DeploySpec.from_config(d, args.storage_uri, name=args.name, namespace=args.namespace,
-                                         protocol=args.protocol, timeout_s=args.timeout, image=args.image)
+    given = dict(name=args.name, namespace=args.namespace, protocol=args.protocol, timeout_s=args.timeout,
+                 image=args.image)
+    spec = dataclasses.replace(d, **{k: v for k, v in given.items() if v is not None})
     if args.dry_run:
         from platepipe.components.runtime import runtime_manifest
-        docs = [deploy.manifest(spec)]
+        docs = [deploy.manifest(spec, args.storage_uri)]
         if spec.manage_runtime or spec.image:
             docs.insert(0, runtime_manifest(spec))
         sys.stdout.write("---\n".join(deploy.to_yaml(doc) for doc in docs))
         return 0
-    result = deploy.deploy(spec, kubeconfig=args.kubeconfig, ingress_host=d.ingress_host, ingress_port=d.ingress_port)
+    result = deploy.deploy(spec, args.storage_uri, kubeconfig=args.kubeconfig, ingress_host=d.ingress_host, ingress_port=d.ingress_port)
     print(f"InferenceService {namespace}/{name} is Ready ({'created' if result.created else 'updated'}, "
           f"generation {result.generation})")
     print(f"  URL          {result.url}")
