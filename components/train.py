@@ -11,9 +11,8 @@ keeps the best checkpoint, and resumes from its last checkpoint when run again o
 A finished stage is not trained again.
 
 On a CPU the two stages train at once, each in its own process on half the cores (train.parallel): one
-training process gains little from a second core, two of them together do 1.4 times as much (2 cores: reader
-0.30 s per iteration beside the detector, 0.21 s alone; detector 0.81 s, 0.56 s alone). Both train for the
-whole time budget; the detector mines the negatives with its weights at MINE_AT of its schedule, and the
+training process gains little from a second core, two of them together do more. Both train for the whole time
+budget; the detector mines the negatives with its weights at MINE_AT of its schedule, and the
 reader takes them up as soon as they are written. On a GPU they train one after the other.
 """
 
@@ -214,9 +213,8 @@ def train_stage(stage: str, data_dir: Path, out_dir: Path, model: ModelConfig, s
 
 def fast_layers(model) -> None:
     """Before the optimiser, the weight average and a resumed checkpoint take the model up: channels-last weights
-    (oneDNN's convolutions run in that layout; with the fused AdamW and FastExpMomentumEMA, 7-10% less time per
-    iteration on this CPU) and the depthwise layers in float32 under bfloat16 autocast (serving.layers).
-    benchmarks/train_step.py, docs/BENCHMARKS.md."""
+    (oneDNN's convolutions run in that layout) and the depthwise layers in float32 under bfloat16 autocast
+    (serving.layers). benchmarks/train_step.py measures a step."""
     import torch
 
     from platepipe.serving.layers import depthwise_in_float32

@@ -1,9 +1,8 @@
 """Depthwise convolutions in float32 under bfloat16 autocast on the CPU.
 
-oneDNN's bfloat16 depthwise convolution is slow backwards on this CPU: the 5x5 depthwise layers of the
-CSPNeXt backbones (3x8 to 24x64 maps, batch 8) took 2-3 times as long for the backward pass in bfloat16 as in
-float32, where the other convolutions take half the time in bfloat16. `depthwise_in_float32(model)` runs the
-depthwise layers in float32 and leaves every other layer to autocast (docs/BENCHMARKS.md). The weights and
+oneDNN's bfloat16 depthwise convolution is slower backwards than float32 on CPUs, where the other convolutions
+are faster in bfloat16. `depthwise_in_float32(model)` runs the depthwise layers in float32 and leaves every
+other layer to autocast. The weights and
 the state dict are unchanged; training and inference both use it, so both compute the same.
 """
 

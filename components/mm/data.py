@@ -153,10 +153,8 @@ class LoadPlateRegion:
     plate box (the box grown by `margin` of its width and height, and 16 px, on each side) in memory; later loads of
     that plate take it from there. The region's offset and the image's size go along for CropPlate, which falls
     back to the whole image in the rare case a jittered crop reaches past the region (an edge moved 4 standard
-    deviations of the jitter). Decoding the photo for each crop took 3.3-4 ms, against the 0.7-1 ms a crop takes from
-    memory, about a tenth of a reader iteration on this CPU (docs/BENCHMARKS.md). The quick preset's 2,391
-    training plates keep 470 MB; at most `max_mb` MB are kept (per loading process), past that regions are
-    decoded on every load."""
+    deviations of the jitter). Decoding the photo for every crop is several times slower than cutting it from
+    memory. At most `max_mb` MB are kept (per loading process); past that, regions are decoded on every load."""
 
     def __init__(self, margin: float = 0.5, max_mb: float = 2048):
         self.margin, self.max_bytes = margin, max_mb * 2 ** 20

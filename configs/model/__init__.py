@@ -12,11 +12,11 @@ A plate 80 px wide in a 1280 px photo is 40 px wide at the quick detector's 640 
 too small to read it. Its crop, stretched to 256x96 px, puts characters 20-45 px high in front of the reader
 (stretching makes two-row plates' characters 1.7x wider and one-row plates' 1.3x taller than a crop that
 keeps the plate's aspect).
-The quick detector trains at 640 px (x 0.6-1.25) and looks at 800 px, the top of that range: small plates
-are found more often than at 512 or 640 px, at no training cost (docs/BENCHMARKS.md). Its training crops are 448x256 px and half of them are placed around a whole plate: a one-row
-plate as wide as the data step draws them (0.7 of the photo's width: 448 px at 640) fits whole, where square
-crops left the largest plates' boxes cut short. It also takes more text for plates than at 512 px; the reader is trained to read nothing
-on such boxes (negatives mined from the trained detector: components.train).
+The quick detector trains at 640 px (x 0.6-1.25) and looks at 800 px, the top of that range, where small
+plates are found more often at no training cost. Its training crops are 448x256 px and half of them are placed
+around a whole plate: a one-row plate as wide as the data step draws them (0.7 of the photo's width: 448 px at
+640) fits whole. The reader is trained to read nothing on boxes the detector takes for plates where there are
+none (negatives mined from the trained detector: components.train).
 
 `stage_config(stage, preset, **overrides)` returns a plain dict (MMDetection's config schema: model,
 pipelines, data loaders, optimiser, schedule) that goes into pipeline.pth as it is, so inference rebuilds
@@ -34,16 +34,14 @@ READER_CLASSES = tuple(c for c in CLASSES if c not in PLATE_TYPES)
 
 # Per preset and stage: network width and depth, input size, training crop (w, h), batch, iterations, learning
 # rate, data workers, and whether validation and the exported model use an exponential moving average of the
-# weights (ema: the reader's checkpoint-to-checkpoint EIR swung by 3-5 points on the validation split without it).
+# weights (ema: without it the reader's validation EIR swings from one checkpoint to the next).
 PRESETS = {
-    "quick": {  # CPU: both stages at once on 2 cores, so that the local run ends within 15 minutes (docs/BENCHMARKS.md)
+    "quick": {  # CPU: both stages at once on 2 cores, so that the local run ends within 15 minutes
         "time_budget_min": 12.0,
-        # in 8 minutes on one core: widen 0.1875 at batch 4 reached val mAP 0.625 (1,173 iterations), 0.25 at batch
-        # 4 0.592 (977), at batch 8 0.563 (525); widen 0.125 0.585; lr 0.008 0.367, 0.0025 0.573; batch 2 diverged
         "detector": dict(widen=0.1875, deepen=0.167, input_size=640, infer_size=800, train_crop=(448, 256),
                          batch_size=4, max_iters=3000, lr=0.004, workers=2),
-        # the reader's crops load in the main process: on 2 cores, data workers slowed its iterations by 15%
-        # (0.228 -> 0.195 s); the detector's whole photos still gain from 2 (0.60 -> 0.56 s; docs/BENCHMARKS.md)
+        # the reader's crops load in the main process (on 2 cores data workers slow it); the detector's whole
+        # photos gain from 2
         "reader": dict(widen=0.25, deepen=0.167, crop_size=(256, 96), batch_size=8, max_iters=5200, lr=0.004,
                        workers=0, ema=True),
     },
