@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import re
 import time
@@ -404,7 +405,7 @@ class _NotReady(Exception):
 
 def deploy(spec: DeployConfig, storage_uri: str, *, api_client=None, kubeconfig=None, poll_s: float | None = None,
            ingress_host: str | None = None, ingress_port: int | None = None,
-           log: Callable[[str], None] = lambda line: print(line, flush=True)) -> DeployResult:
+           log: Callable[[str], None] = logging.getLogger(__name__).info) -> DeployResult:
     """Create or update the InferenceService of the `deploy` settings serving storage_uri, wait until it is
     Ready and return its endpoint. When it does not
     become Ready, put the previous spec back (or delete what was created) and raise DeployError. First the

@@ -8,6 +8,7 @@ working dir: each server gets its own state folder (DIR/.serve) for both, so ser
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -21,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from platepipe.serving.container import torchserve_command, torchserve_env, with_settings, worker_states
+
+_log = logging.getLogger(__name__)
 
 STATE = "state.json"
 
@@ -99,7 +102,7 @@ def model_status(server: Server) -> list[str]:
 
 
 def start(layout: str | Path, *, inference_port: int = 8085, management_port: int = 8081, metrics_port: int = 8082,
-          token_auth: bool = True, timeout: float = 300, echo=print, env: dict | None = None) -> Server:
+          token_auth: bool = True, timeout: float = 300, echo=_log.info, env: dict | None = None) -> Server:
     """Start TorchServe on the layout and wait until the model's workers are READY (not just /ping)."""
     layout = Path(layout).resolve()
     props_file = layout / "config" / "config.properties"

@@ -14,12 +14,15 @@ its model format, so KServe never picks its own TorchServe runtime (deprecated, 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from platepipe.components.deploy import GROUP, MANAGED_BY, MODEL_FORMAT, RBAC_VERBS, CustomObjects, DeployError
 from platepipe.pipeline.config import DeployConfig, settings
 from platepipe.serving.container import HTTP_PORT, METRICS_PORT
+
+_log = logging.getLogger(__name__)
 
 RUNTIME_VERSION = "v1alpha1"
 KINDS = {"ServingRuntime": "servingruntimes", "ClusterServingRuntime": "clusterservingruntimes"}
@@ -189,7 +192,7 @@ def preflight(spec: DeployConfig, client) -> None:
                              "--dry-run`)" if spec.runtime_kind == "ClusterServingRuntime" else ""))
 
 
-def prepare(spec: DeployConfig, client, log: Callable[[str], None] = print) -> None:
+def prepare(spec: DeployConfig, client, log: Callable[[str], None] = _log.info) -> None:
     """What a deploy does before it touches the InferenceService: a usable image, every permission it needs,
     and the runtime (created, updated or checked). DeployError, with nothing created, when one is missing."""
     if spec.manage_runtime:

@@ -34,6 +34,7 @@ from platepipe.configs.model import PRESETS, stage_config
 from platepipe.pipeline.config import ModelConfig, TrainConfig
 from platepipe.serving.labels import PLATE_TYPES
 
+log = logging.getLogger("platepipe.components.train")  # also when run as __main__ (the detector's process)
 STAGES = ("detector", "reader")
 BEST_METRIC = {"detector": "coco/bbox_mAP", "reader": "plate/eir"}
 DETECTOR_SHARE = 0.4  # of train.time_budget_min; the reader has what the detector and the mining leave
@@ -197,8 +198,8 @@ def train_stage(stage: str, data_dir: Path, out_dir: Path, model: ModelConfig, s
     if not spec.resume or not (work_dir / "last_checkpoint").exists():
         runner_cfg["resume"] = False
     precision = "bf16" if bf16(spec.precision) else "fp32"
-    print(f"training {stage} ({model.preset}: {cfg['max_iters']} iterations, batch {cfg['batch_size']}, {precision})",
-          flush=True)
+    log.info(f"training {stage} ({model.preset}: {cfg['max_iters']} iterations, batch {cfg['batch_size']}, "
+             f"{precision})")
     with trusted_checkpoints():
         runner = Runner.from_cfg(Config(runner_cfg))
         fast_layers(runner.model)
@@ -256,7 +257,7 @@ def train(data_dir: str | Path, out_dir: str | Path, model: ModelConfig, spec: T
         spec = dataclasses.replace(spec, time_budget_min=PRESETS[model.preset].get("time_budget_min"))
     deadline = time.time() + spec.time_budget_min * 60 - WRAP_UP_S if spec.time_budget_min else None
     if spec.time_budget_min:
-        print(f"training for at most {spec.time_budget_min:g} minutes (train.time_budget_min)", flush=True)
+        log.info(f"training for at most {spec.time_budget_min:g} minutes (train.time_budget_min)")
     if parallel(spec):
         stages = _train_at_once(data_dir, out_dir, model, spec, negatives, deadline)
     else:
@@ -292,8 +293,7 @@ def _train_at_once(data_dir: Path, out_dir: Path, model: ModelConfig, spec: Trai
            "train": dataclasses.asdict(spec), "budget_min": total,
            "deadline": deadline, "threads": det_threads, "parent": os.getpid()}
     env = dict(os.environ, OMP_NUM_THREADS=str(det_threads), PYTHONUNBUFFERED="1")
-    print(f"training both stages at once: the detector on {det_threads} of {cores} cores, the reader on the rest",
-          flush=True)
+    log.info(f"training both stages at once: the detector on {det_threads} of {cores} cores, the reader on the rest")
     child = subprocess.Popen([sys.executable, "-m", "platepipe.components.train", json.dumps(job)], env=env, text=True,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=1)
     relays = [_relay(child.stdout, lambda: sys.stdout), _relay(child.stderr, lambda: sys.stderr)]
@@ -303,7 +303,7 @@ def _train_at_once(data_dir: Path, out_dir: Path, model: ModelConfig, spec: Trai
         reader = train_stage("reader", data_dir, out_dir, model, spec, negatives=negatives, budget_min=total,
                              hooks=(DetectorWatchHook(child, cores),), deadline=deadline)
         if child.poll() is None:
-            print("  reader done: waiting for the detector", flush=True)
+            log.info("  reader done: waiting for the detector")
         if child.wait():
             raise RuntimeError(f"training the detector failed (exit code {child.returncode}; its output is above)")
     finally:
@@ -397,7 +397,7 @@ def mine_negatives(cfg: dict, weights, data_dir: Path, out_file: Path, plate_sco
         training = False
     fast = native_bf16(next(model.parameters()).device)
     start, found = time.monotonic(), []
-    print(f"mining the reader's negatives: the detector on {len(picked)} training images", flush=True)
+    log.info(f"mining the reader's negatives: the detector on {len(picked)} training images")
     model.eval()
     try:
         for i in picked:
@@ -416,7 +416,7 @@ def mine_negatives(cfg: dict, weights, data_dir: Path, out_file: Path, plate_sco
     tmp = out_file.with_name(out_file.name + ".partial")
     tmp.write_text(json.dumps(found))
     os.replace(tmp, out_file)
-    print(f"mined {len(found)} negatives in {time.monotonic() - start:.0f} s", flush=True)
+    log.info(f"mined {len(found)} negatives in {time.monotonic() - start:.0f} s")
     return out_file
 
 
@@ -426,4 +426,7 @@ def _touch(a: list[float], b: list[float]) -> bool:
 
 
 if __name__ == "__main__":  # the detector's process when both stages train at once (_train_at_once)
+    from platepipe.components.progress import show
+
+    show()
     _detector_job(json.loads(sys.argv[1]))

@@ -21,6 +21,7 @@ import base64
 import hashlib
 import io
 import json
+import logging
 import os
 import random
 import re
@@ -32,6 +33,8 @@ from pathlib import Path
 from typing import Callable
 
 from platepipe.components.gcs import GcsError, client, explain, parse_uri
+
+_log = logging.getLogger(__name__)
 
 MANIFEST = "platepipe-version.json"
 CLAIM = ".uploading"  # held while an upload writes the version: one upload of a version at a time
@@ -159,7 +162,7 @@ def _transient(exc: BaseException) -> bool:
 class _Retry:
     tries: int = TRIES
     backoff_s: float = BACKOFF_S
-    progress: Progress = print
+    progress: Progress = _log.info
 
     def __call__(self, what: str, fn: Callable[[int], object]):
         """fn(attempt) until it returns; transient errors are retried with exponential backoff."""
@@ -214,7 +217,7 @@ class _ProgressReader(io.RawIOBase):
 
 
 def upload(layout_dir: str | Path, dest_uri: str, version: str | None = None, force: bool = False,
-           progress: Progress = print, credentials_env: str | None = "GOOGLE_APPLICATION_CREDENTIALS",
+           progress: Progress = _log.info, credentials_env: str | None = "GOOGLE_APPLICATION_CREDENTIALS",
            tries: int = TRIES, backoff_s: float = BACKOFF_S, chunk_size: int = CHUNK_SIZE,
            timeout_s: float = TIMEOUT_S) -> dict:
     """Upload an archive layout to gs://BUCKET/PREFIX/VERSION/ and return {storage_uri, version, objects, ...}.

@@ -8,6 +8,7 @@ import signal
 import sys
 import warnings
 
+from platepipe.components.progress import show
 from platepipe.pipeline.commands import checks, kubeflow, model, serving
 from platepipe.pipeline.commands.common import config_args
 from platepipe.pipeline.config import ConfigError
@@ -47,6 +48,7 @@ def _quiet_libraries() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
+    show()  # the library's progress lines on standard output
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:

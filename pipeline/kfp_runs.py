@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections import Counter
 from datetime import datetime, timezone
@@ -13,6 +14,8 @@ from typing import Any, Callable, Mapping, Optional, Union
 from platepipe.pipeline.kfp_connection import Kfp, KfpError, _call, _name_filter
 from platepipe.pipeline.kfp_packages import (Package, PipelineVersion, Source, _source, _source_kwargs, check_params,
                                              load_package)
+
+_log = logging.getLogger(__name__)
 
 FINAL_STATES = ("SUCCEEDED", "SKIPPED", "FAILED", "CANCELED", "ERROR")
 DEFAULT_TIMEOUT_S = 6 * 3600
@@ -120,7 +123,7 @@ def experiment_id(kfp: Kfp, name: str, create: bool = True) -> tuple[Optional[st
 def submit(kfp: Kfp, source: Source, params: Optional[Mapping[str, Any]] = None, experiment: str = "Default",
            run_name: Optional[str] = None, wait: bool = False, timeout_s: float = DEFAULT_TIMEOUT_S,
            poll_s: float = 10.0, enable_caching: Optional[bool] = None,
-           echo: Callable[[str], None] = print) -> dict:
+           echo: Callable[[str], None] = _log.info) -> dict:
     """Start a run of SOURCE with PARAMS in EXPERIMENT (created if missing); with WAIT, follow it until it
     ends (or TIMEOUT_S passes: KfpError). Returns run_id, url, experiment_id, parameters (and state)."""
     source = _source(source)
@@ -147,7 +150,7 @@ def _pipeline_name(source: Union[Package, PipelineVersion]) -> str:
 
 
 def wait_for_run(kfp: Kfp, run_id: str, timeout_s: float = DEFAULT_TIMEOUT_S, poll_s: float = 10.0,
-                 echo: Callable[[str], None] = print, report_every_s: float = 60.0) -> dict:
+                 echo: Callable[[str], None] = _log.info, report_every_s: float = 60.0) -> dict:
     """Poll the run until it ends; a line on every change of state or task count, and every REPORT_EVERY_S.
     Returns {"state", "error", "failed_tasks", "elapsed_s"}; KfpError when TIMEOUT_S passes first."""
     started = time.monotonic()

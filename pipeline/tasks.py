@@ -16,7 +16,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from platepipe.components.progress import show
 from platepipe.pipeline.config import Config, config_from_text
+
+show()  # a step's progress lines go to its standard output, where KFP shows them
 
 LOCAL_DIR_ENV = "PLATEPIPE_LOCAL_DIR"  # the local run's folder: where the deploy step serves from
 WORK_DIR_ENV = "PLATEPIPE_WORK_DIR"    # a persistent volume for training checkpoints (resume after a retry)

@@ -1,8 +1,11 @@
 import pytest
 
 from platepipe.components.data import generate
+from platepipe.components.progress import show
 from platepipe.pipeline.config import settings
 from platepipe.pipeline.fake_gcs import FakeGcs
+
+show()  # the library's progress lines on standard output, as the CLI and the pipeline's steps show them
 
 
 @pytest.fixture(scope="session")
@@ -10,7 +13,8 @@ def data_dir(tmp_path_factory):
     """A small synthetic data set (12 images of 320-400 px, 6 for training) for the model's tests."""
     out = tmp_path_factory.mktemp("model") / "data"
     generate(out, settings("data", n_images=12, seed=11, min_size=320, max_size=400, plate_width_min=80,
-                           plate_width_max=200, split_train=0.5, split_val=0.25, split_test=0.25), workers=1, progress=False)
+                           plate_width_max=200, split_train=0.5, split_val=0.25, split_test=0.25),
+             workers=1, progress=False)
     return out
 
 
@@ -22,8 +26,10 @@ def tiny_model(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("tiny-model")
     generate(root / "data", settings("data", n_images=8, seed=21, min_size=320, max_size=400, plate_width_min=80,
-                                     plate_width_max=200, split_train=0.5, split_val=0.25, split_test=0.25), workers=1, progress=False)
-    return root, train(root / "data", root / "train", settings("model", preset="tiny"), settings("train", max_iters=2, val_interval=2, workers=0))
+                                     plate_width_max=200, split_train=0.5, split_val=0.25, split_test=0.25),
+             workers=1, progress=False)
+    return root, train(root / "data", root / "train", settings("model", preset="tiny"),
+                       settings("train", max_iters=2, val_interval=2, workers=0))
 
 
 @pytest.fixture

@@ -134,6 +134,24 @@ def test_every_config_variant_writes_known_keys():
         assert set(properties_keys(config_properties(spec))) <= KEYS
 
 
+def test_the_archive_carries_the_serving_folder_whole(layout):
+    """Every file of serving/ goes into the .mar (as platepipe_serving), beside a one-line handler.py that
+    TorchServe loads; nothing is picked by a hand-kept list."""
+    import zipfile
+
+    from platepipe.components.archive import ARCHIVED_PACKAGE
+
+    serving = Path(__file__).resolve().parents[1] / "serving"
+    wanted = {f"{ARCHIVED_PACKAGE}/{p.relative_to(serving)}" for p in serving.rglob("*")
+              if p.is_file() and "__pycache__" not in p.parts}
+    with zipfile.ZipFile(layout / "model-store" / "pipeline.mar") as mar:
+        names = set(mar.namelist())
+        handler = mar.read("handler.py").decode()
+    assert wanted <= names, sorted(wanted - names)
+    assert not any("__pycache__" in n for n in names)
+    assert handler.strip().splitlines()[0].startswith(f"from {ARCHIVED_PACKAGE}.handler import handle")
+
+
 def test_archive_refuses_bad_model_and_full_folder(model, tmp_path):
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"junk")

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import logging
 import os.path as osp
 import time
 from contextlib import contextmanager
@@ -16,6 +17,8 @@ from mmengine.hooks import Hook
 from mmengine.runner import IterBasedTrainLoop
 
 from platepipe.components.mm.optim import ema_momentum
+
+log = logging.getLogger(__name__)
 
 
 @LOOPS.register_module(force=True)
@@ -194,8 +197,8 @@ class TimeBudgetHook(Hook):
                 hook.ema_model.momentum, hook.ema_model.gamma = ema_momentum(fits)
         if worth_saying:
             stage = osp.basename(str(getattr(runner, "work_dir", "")).rstrip("/")) or "training"
-            print(f"  {stage}: {self.seconds / 60:.1f} min time budget at {per_iter:.2f} s per iteration: training {fits} of "
-                  f"{planned} iterations, learning-rate schedule fitted", flush=True)
+            log.info(f"  {stage}: {self.seconds / 60:.1f} min time budget at {per_iter:.2f} s per iteration: training "
+                     f"{fits} of {planned} iterations, learning-rate schedule fitted")
 
 
 @HOOKS.register_module(force=True)
@@ -206,7 +209,7 @@ class ProgressHook(Hook):
 
     def __init__(self, stage: str, interval: int = 25, echo=None):
         self.stage, self.interval = stage, interval
-        self.echo = echo or (lambda line: print(line, flush=True))
+        self.echo = echo or log.info
         self.started = None
         self.start_iter = 0
 

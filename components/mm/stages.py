@@ -7,11 +7,14 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import torch
 from mmengine.hooks import Hook
 
 from platepipe.components.mm.schedule import TimeBudgetHook
+
+log = logging.getLogger(__name__)
 
 
 class MineNegativesHook(Hook):
@@ -53,4 +56,4 @@ class DetectorWatchHook(Hook):
                                "the reader stops too")
         self.done = True
         torch.set_num_threads(self.cores)
-        print(f"  detector done: the reader goes on with its negatives on {self.cores} cores", flush=True)
+        log.info(f"  detector done: the reader goes on with its negatives on {self.cores} cores")
