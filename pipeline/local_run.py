@@ -21,6 +21,7 @@ from datetime import datetime
 from pathlib import Path
 
 from platepipe.pipeline.config import Config, dump_config
+from platepipe.pipeline.pipeline import STEP_NAMES
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 START = re.compile(r"Executing task '?([\w-]+)'?")
@@ -31,9 +32,6 @@ NOISE = re.compile(r"FutureWarning|UserWarning|warnings\.warn|torch\.cuda\.amp|_
                    r"index created|Loading and preparing results|DONE \(t=|Running per image evaluation|Evaluate annotation|"
                    r"Accumulating evaluation results|Average (Precision|Recall) +\(A[PR]\) @)")
 # (pycocotools' own lines: the ProgressHook prints each validation's figures on one line instead)
-STEP_NAMES = {"settings-step": "settings", "data-step": "data", "train-step": "train or fetch", "evaluate-step": "evaluate",
-              "gate-failed-step": "gate failed", "export-step": "export", "archive-step": "archive",
-              "upload-step": "upload", "deploy-step": "deploy", "smoke-test-step": "smoke test"}
 SUMMARY_DIR = "steps"  # RUN/steps/<task>.json: what each step reports, for the summary
 
 

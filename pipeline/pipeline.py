@@ -15,19 +15,22 @@ from pathlib import Path
 from kfp import compiler, dsl
 from kfp import kubernetes as k8s
 
+from platepipe.components.gcs import KEY_JSON_ENV as GCS_KEY_ENV  # the service-account key (JSON text) from kfp.gcs_secret
 from platepipe.pipeline import steps
 from platepipe.pipeline.config import Config, dump_config
 
-from platepipe.components.gcs import KEY_JSON_ENV as GCS_KEY_ENV  # the service-account key (JSON text) from kfp.gcs_secret
 WORK_MOUNT = "/mnt/platepipe"
+# what the Kubeflow UI and the local run's progress lines call each step
+STEP_NAMES = {"settings-step": "settings", "data-step": "data", "train-step": "train or fetch",
+              "evaluate-step": "evaluate", "gate-failed-step": "gate failed", "export-step": "export",
+              "archive-step": "archive", "upload-step": "upload", "deploy-step": "deploy",
+              "smoke-test-step": "smoke test"}
 
 
-def _settings(task, cfg: Config, *, gpu: bool = False, gcs: bool = False, retry: bool = False, cache: bool = False,
-              name: str | None = None):
+def _settings(task, cfg: Config, *, gpu: bool = False, gcs: bool = False, retry: bool = False, cache: bool = False):
     k = cfg.kfp
     task.set_container_image(k.image)
-    if name:
-        task.set_display_name(name)
+    task.set_display_name(STEP_NAMES[task.component_spec.name])
     task.set_caching_options(k.caching and cache)
     if retry and k.retries:
         task.set_retry(num_retries=k.retries, backoff_duration="30s", backoff_factor=2.0)
@@ -59,31 +62,27 @@ def build_pipeline(cfg: Config):
     def platepipe(config: str = default_config, pretrained_model: str = cfg.model.pretrained or "",
                   min_eir: float = cfg.evaluate.min_eir, model_version: str = cfg.gcs.version or "",
                   deploy_target: str = "kserve"):
-        cut = _settings(steps.settings_step(config=config), cfg, name="settings").outputs
-        data = _settings(steps.data_step(config=cut["data"]), cfg, gcs=True, cache=True, name="data")
+        cut = _settings(steps.settings_step(config=config), cfg).outputs
+        data = _settings(steps.data_step(config=cut["data"]), cfg, gcs=True, cache=True)
         model = _settings(steps.train_step(config=cut["train"], pretrained_model=pretrained_model,
-                                           data=data.outputs["data"]), cfg, gpu=True, gcs=True, cache=True,
-                          name="train or fetch")
+                                           data=data.outputs["data"]), cfg, gpu=True, gcs=True, cache=True)
         evaluation = _settings(steps.evaluate_step(config=cut["evaluate"], min_eir=min_eir,
-                                                   model=model.outputs["model"], data=data.outputs["data"]), cfg,
-                               name="evaluate")
+                                                   model=model.outputs["model"], data=data.outputs["data"]), cfg)
         with dsl.If(evaluation.outputs["passed"] == True, name="eir-gate"):  # noqa: E712 (a KFP condition)
             exported = _settings(steps.export_step(model=model.outputs["model"],
-                                                   evaluation=evaluation.outputs["evaluation"]), cfg, name="export")
-            layout = _settings(steps.archive_step(config=cut["archive"], model=exported.outputs["exported"]), cfg,
-                               name="archive")
+                                                   evaluation=evaluation.outputs["evaluation"]), cfg)
+            layout = _settings(steps.archive_step(config=cut["archive"], model=exported.outputs["exported"]), cfg)
             storage_uri = _settings(steps.upload_step(config=cut["upload"], layout=layout.outputs["layout"],
-                                                      model_version=model_version), cfg, gcs=True, retry=True,
-                                    name="upload")
+                                                      model_version=model_version), cfg, gcs=True, retry=True)
             endpoint = _settings(steps.deploy_step(config=cut["deploy"], storage_uri=storage_uri.output,
-                                                   deploy_target=deploy_target), cfg, retry=True, name="deploy")
+                                                   deploy_target=deploy_target), cfg, retry=True)
             _settings(steps.smoke_test_step(config=cut["smoke"], url=endpoint.outputs["url"],
                                             host=endpoint.outputs["host"], rollback=endpoint.outputs["rollback"]),
-                      cfg, name="smoke test")
+                      cfg)
             # no retry for the smoke test: after a failure it has rolled the deploy back, and a second try would
             # test the previous model (the client already retries 503s)
         with dsl.Else(name="eir-gate-failed"):
-            _settings(steps.gate_failed_step(eir=evaluation.outputs["eir"], min_eir=min_eir), cfg, name="gate failed")
+            _settings(steps.gate_failed_step(eir=evaluation.outputs["eir"], min_eir=min_eir), cfg)
 
     return platepipe
 
