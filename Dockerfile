@@ -41,7 +41,9 @@ RUN apt-get update && apt-get install -y --no-install-recommends python3 ca-cert
     && (userdel -r ubuntu 2>/dev/null || true) \
     && useradd --uid 1000 --create-home --home-dir /home/platepipe --shell /bin/bash platepipe
 COPY --from=build /opt/platepipe /opt/platepipe
-ENV PATH=/opt/platepipe/bin:$PATH PYTHONUNBUFFERED=1
+# the commit of the code (make images passes it): exported models carry it (components/export.py)
+ARG SOURCE_COMMIT=unknown
+ENV PATH=/opt/platepipe/bin:$PATH PYTHONUNBUFFERED=1 PLATEPIPE_SOURCE_COMMIT=$SOURCE_COMMIT
 WORKDIR /home/platepipe
 USER 1000
 

@@ -84,7 +84,8 @@ def manifest(spec: DeployConfig, storage_uri: str) -> dict:
     model: dict[str, Any] = {"modelFormat": dict(MODEL_FORMAT), "runtime": spec.runtime,
                              "protocolVersion": spec.protocol, "storageUri": check_storage_uri(storage_uri),
                              "resources": {"requests": requests, "limits": limits}}
-    predictor: dict[str, Any] = {"model": model}
+    predictor: dict[str, Any] = {"model": model, "minReplicas": spec.min_replicas, "maxReplicas": spec.max_replicas,
+                                 "scaleMetric": spec.scale_metric, "scaleTarget": spec.scale_target}
     if spec.service_account:
         predictor["serviceAccountName"] = spec.service_account
     if spec.canary_percent is not None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from platepipe.serving.labels import CLASSES, LETTERS, MAIN_PATTERN, SUB_PATTERN
 from platepipe.serving.reader import FORMAT, STAGES, check_pipeline, load_pipeline, weights_digest
 
+SOURCE_COMMIT_ENV = "PLATEPIPE_SOURCE_COMMIT"  # set in the images by `make images`
 
 
 def _versions() -> dict:
@@ -81,12 +82,29 @@ def export(path: str | Path, stages: dict, thresholds: dict[str, float], metrics
     return path
 
 
-def stamp(source: str | Path, dest: str | Path, evaluation: dict) -> Path:
-    """The export step after the gate: the same model, with the evaluation that let it through written into it."""
+def source_commit() -> str | None:
+    """The git commit of the code that exports: PLATEPIPE_SOURCE_COMMIT (the images are built with it), else the
+    checkout platepipe runs from, else None."""
+    import subprocess
+
+    if os.environ.get(SOURCE_COMMIT_ENV, "unknown") != "unknown":
+        return os.environ[SOURCE_COMMIT_ENV]
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
+                              text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (done.stdout.strip() or None) if done.returncode == 0 else None
+
+
+def stamp(source: str | Path, dest: str | Path, evaluation: dict, run: str | None = None) -> Path:
+    """The export step after the gate: the same model, with the evaluation that let it through, the source commit
+    and the pipeline run written into it."""
     import torch
 
     payload = load_pipeline(source)
     payload["evaluation"] = _plain(evaluation)
+    payload["source"] = {"commit": source_commit(), "run": run or None}
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + ".partial")

@@ -236,6 +236,12 @@ def running(layout: str | Path) -> Server | None:
     return Server(**data)
 
 
+def serving(layout: str | Path) -> Server | None:
+    """The TorchServe started on this layout when its process is still alive, else None."""
+    server = running(layout)
+    return server if server is not None and _alive(server.pid) else None
+
+
 def stop(layout: str | Path, timeout: float = 60) -> bool:
     """Stop the TorchServe started on this layout, its Java frontend and Python workers; True if one ran."""
     server = running(layout)

@@ -125,12 +125,15 @@ def _generated(folder: Path, spec, source: str, prefix: str = "") -> list[Sample
 
 def sample_images(work_dir: str | Path, n_images: int = 8, seed: int = DEFAULT_SEED) -> list[Sample]:
     """Render the synthetic images under work_dir, all on real photos: n_images with plates (half of them, at
-    least one, in the original project's style, the rest stamped plates), then one plate-free."""
+    least one, in the original project's style, the rest stamped plates; none when n_images is 0: the user's
+    images only), then one plate-free."""
     import dataclasses
     work_dir = Path(work_dir)
-    n_original = max(1, n_images // 2)
-    samples = _generated(work_dir / "original", smoke_spec(n_original, seed, "original"), "synthetic, original style",
-                         prefix="original-")
+    n_original = max(1, n_images // 2) if n_images else 0
+    samples = []
+    if n_original:
+        samples += _generated(work_dir / "original", smoke_spec(n_original, seed, "original"),
+                              "synthetic, original style", prefix="original-")
     if n_images > n_original:
         samples += _generated(work_dir / "plates", smoke_spec(n_images - n_original, seed), "synthetic")
     empty = dataclasses.replace(smoke_spec(1, seed + 1), empty_fraction=1.0)

@@ -89,6 +89,31 @@ def find_layout(layout_dir: str | Path) -> Layout:
     return Layout(root, mars[0], config)
 
 
+def model_card(mar: Path) -> dict | None:
+    """What a version's manifest says of its model, from the pipeline.pth inside the .mar: the evaluation that let
+    it through (EIR on the gate's set, the own split and each out-of-distribution set), the data it was trained
+    on, the scores it reads at, when and from which source commit it was exported, and the pipeline run. None
+    for a .mar that carries no platepipe model (it is uploaded all the same; `platepipe models` shows no figures)."""
+    import zipfile
+
+    import torch
+
+    try:
+        with zipfile.ZipFile(mar) as archive:
+            payload = torch.load(io.BytesIO(archive.read("pipeline.pth")), map_location="cpu", weights_only=True)
+    except (zipfile.BadZipFile, KeyError, RuntimeError, OSError, ValueError):
+        return None
+    if not isinstance(payload, dict):
+        return None
+    ev = payload.get("evaluation") or {}
+    return {"eir": ev.get("eir"), "gate_set": ev.get("gate_set"), "gate_eir": ev.get("gate_eir"),
+            "ood": {name: s.get("eir") if s.get("plates") else {"false_plates": s.get("false_plates")}
+                    for name, s in (ev.get("ood") or {}).items()},
+            "data_fingerprint": payload.get("data_fingerprint"), "thresholds": payload.get("thresholds"),
+            "preset": (payload.get("train") or {}).get("preset"), "exported": payload.get("created"),
+            "source": payload.get("source") or {}}
+
+
 def file_hashes(path: str | Path | None = None, data: bytes | None = None) -> dict:
     """size, md5 and crc32c (base64, as GCS reports them) and sha256 (hex) of a file or of bytes."""
     import google_crc32c
@@ -228,6 +253,7 @@ def upload(layout_dir: str | Path, dest_uri: str, version: str | None = None, fo
     from google.api_core import exceptions as gexc
 
     layout = find_layout(layout_dir)
+    card = model_card(layout.mar)
     bucket_name, prefix = parse_uri(dest_uri)
     if tries < 1:
         raise ValueError(f"tries {tries}: must be at least 1")
@@ -289,6 +315,7 @@ def upload(layout_dir: str | Path, dest_uri: str, version: str | None = None, fo
         manifest = {
             "format": 1, "version": version, "storage_uri": storage_uri, "model_name": layout.model_name,
             "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "model": card,
             "source": {"layout": str(layout.root.resolve()), "host": socket.gethostname(),
                        "platepipe": _platepipe_version()},
             "objects": {o["name"]: {k: o[k] for k in ("size", "md5", "crc32c", "sha256")} for o in objects},
@@ -447,7 +474,8 @@ def list_versions(uri: str, credentials_env: str | None = "GOOGLE_APPLICATION_CR
     """The versions under gs://BUCKET/PREFIX, oldest first (newest last, by when each was last written).
 
     Each: version, storage_uri, complete (its manifest is there and every object it names matches), problem
-    (why not complete, else None), size (bytes, all objects), objects (count), updated (UTC, ISO), model_name.
+    (why not complete, else None), size (bytes, all objects), objects (count), updated (UTC, ISO), model_name,
+    model (the manifest's model card: figures, data fingerprint, source commit, run; None where there is none).
     """
     from google.api_core import exceptions as gexc
 
@@ -471,7 +499,7 @@ def list_versions(uri: str, credentials_env: str | None = "GOOGLE_APPLICATION_CR
             info = {"version": version, "storage_uri": f"gs://{bucket_name}/{root}", "complete": False,
                     "problem": None, "size": sum(b.size or 0 for b in members), "objects": len(members),
                     "updated": last.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                    "model_name": None}
+                    "model_name": None, "model": None}
             manifest_blob = by_rel.get(MANIFEST)
             if manifest_blob is None:
                 info["problem"] = f"no {MANIFEST}: an upload that did not finish, or one still running"
@@ -480,6 +508,7 @@ def list_versions(uri: str, credentials_env: str | None = "GOOGLE_APPLICATION_CR
                     manifest = json.loads(retry(f"reading {root}/{MANIFEST}", lambda _, b=manifest_blob:
                                                 b.download_as_bytes(retry=None, timeout=timeout_s)))
                     info["model_name"] = manifest.get("model_name")
+                    info["model"] = manifest.get("model")
                     info["problem"] = _check_manifest(manifest, by_rel)
                 except gexc.NotFound:
                     info["problem"] = f"{MANIFEST} vanished while listing"

@@ -149,6 +149,7 @@ class TrainConfig(_Section):
 @dataclass(frozen=True)
 class EvaluateConfig(_Section):
     min_eir: float
+    champion_margin: float
     iou_threshold: float
     report_worst: int
     gate_set: str
@@ -156,6 +157,7 @@ class EvaluateConfig(_Section):
     def check(self) -> None:
         for name in ("min_eir", "iou_threshold"):
             _between(self, name, 0.0, 1.0)
+        _between(self, "champion_margin", -1.0, 1.0)
         _between(self, "report_worst", 0, 1000)
         sets = ("test", *OOD_SETS)
         if self.gate_set not in sets:
@@ -236,6 +238,10 @@ class DeployConfig(_Section):
     cpu_limit: str
     memory_request: str
     memory_limit: str
+    min_replicas: int
+    max_replicas: int
+    scale_metric: Literal["concurrency", "rps", "cpu", "memory"]
+    scale_target: int
     canary_percent: Optional[int]
     timeout_s: int
     ingress_host: Optional[str]
@@ -257,6 +263,10 @@ class DeployConfig(_Section):
                 raise ConfigError(f"deploy.{request} ({getattr(self, request)}) must not exceed "
                                   f"deploy.{limit} ({getattr(self, limit)})")
         _between(self, "canary_percent", 0, 100)
+        _between(self, "min_replicas", 0, 1000)
+        _between(self, "max_replicas", 1, 1000)
+        _ordered(self, "min_replicas", "max_replicas")
+        _between(self, "scale_target", 1, 1_000_000)
         _positive(self, "timeout_s")
         _not_empty(self, "ingress_host")
         _between(self, "ingress_port", 1, 65535)
@@ -270,7 +280,8 @@ class SmokeConfig(_Section):
     timeout_s: int
 
     def check(self) -> None:
-        _positive(self, "n_images", "timeout_s")
+        _between(self, "n_images", 0, 10_000)
+        _positive(self, "timeout_s")
         _not_empty(self, "user_images")
 
 
@@ -634,6 +645,7 @@ STEP_SECTIONS = {
     "data": ("data",),
     "train": ("model", "train"),
     "evaluate": ("evaluate",),  # the model's thresholds travel inside pipeline.pth
+    "compare": ("evaluate", "deploy"),  # the serving model: the InferenceService (or the local record)
     "archive": ("serving",),
     "upload": ("gcs",),
     "deploy": ("deploy", "serving"),

@@ -105,7 +105,8 @@ def preflight() -> None:
                            "\nrun `make setup` (and install Java 17 for TorchServe)")
 
 
-def run_local(cfg: Config, out: str | None = None, keep_serving: bool = False, echo=print) -> int:
+def run_local(cfg: Config, out: str | None = None, keep_serving: bool = False, force_promotion: bool = False,
+              echo=print) -> int:
     import kfp.local
 
     from platepipe.pipeline import tasks
@@ -145,7 +146,7 @@ def run_local(cfg: Config, out: str | None = None, keep_serving: bool = False, e
             warnings.filterwarnings("ignore", module=r"kfp\.local\..*")
             sys.stdout = tracker
             try:
-                pipeline_fn(config=dump_config(cfg), deploy_target="local")
+                pipeline_fn(config=dump_config(cfg), deploy_target="local", force_promotion=force_promotion)
             except KeyboardInterrupt:
                 stop_children()  # the running step (kfp.local waits for it, and it would train on)
                 raise
@@ -234,11 +235,12 @@ def summary(run_dir: Path, steps: list[StepLine], seconds: float, ok: bool, keep
         from platepipe.components.evaluate import set_lines
         for line in set_lines(m):
             echo(f"    {line}")
-    for key, label in (("upload", "uploaded to"), ("deploy", "endpoint"), ("smoke-test", "smoke test")):
+    for key, label in (("compare", "against the serving model"), ("upload", "uploaded to"), ("deploy", "endpoint"),
+                       ("smoke-test", "smoke test")):
         if key in reports:
             echo(f"  {label}: {reports[key].get('line', '')}")
-    for key, label in (("data", "data preview"), ("evaluate", "evaluation report"), ("export", "model"),
-                       ("smoke-test", "smoke report")):
+    for key, label in (("data", "data preview"), ("evaluate", "evaluation report"),
+                       ("compare", "comparison report"), ("export", "model"), ("smoke-test", "smoke report")):
         if reports.get(key, {}).get("artifact"):
             echo(f"  {label}: {reports[key]['artifact']}")
     echo(f"  run folder: {run_dir} (kfp/: every step's artifacts; {SUMMARY_DIR}/: what each step reported)")

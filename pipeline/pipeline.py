@@ -6,8 +6,11 @@ the Kubeflow UI, `kfp run create` and `platepipe submit` take.
 Run parameters (editable per run in the UI): `config` (the whole configuration as YAML; the settings step checks
 it and hands each step only the sections it reads, so cache keys follow only a step's own settings),
 `pretrained_model` (a pipeline.pth path or gs:// to fetch instead of training), `min_eir` (the gate),
-`model_version` (the GCS version folder; empty = time + hash) and `deploy_target` (kserve, or local for
-`platepipe run --local`).
+`model_version` (the GCS version folder; empty = time + hash), `deploy_target` (kserve, or local for
+`platepipe run --local`) and `force_promotion` (deploy the new model even where the serving one reads better).
+
+After the gate, the compare step evaluates the model serving now on the same data; only a model that is not
+worse (evaluate.champion_margin) goes on to export and deploy, else the run ends, successfully, keeping it.
 """
 
 from pathlib import Path
@@ -22,7 +25,8 @@ from platepipe.pipeline.config import Config, dump_config
 WORK_MOUNT = "/mnt/platepipe"
 # what the Kubeflow UI and the local run's progress lines call each step
 STEP_NAMES = {"settings-step": "settings", "data-step": "data", "train-step": "train or fetch",
-              "evaluate-step": "evaluate", "gate-failed-step": "gate failed", "export-step": "export",
+              "evaluate-step": "evaluate", "gate-failed-step": "gate failed",
+              "compare-step": "against the serving model", "kept-step": "kept the serving model", "export-step": "export",
               "archive-step": "archive", "upload-step": "upload", "deploy-step": "deploy",
               "smoke-test-step": "smoke test"}
 
@@ -61,7 +65,7 @@ def build_pipeline(cfg: Config):
                               "KServe endpoint, smoke-tested.")
     def platepipe(config: str = default_config, pretrained_model: str = cfg.model.pretrained or "",
                   min_eir: float = cfg.evaluate.min_eir, model_version: str = cfg.gcs.version or "",
-                  deploy_target: str = "kserve"):
+                  deploy_target: str = "kserve", force_promotion: bool = False):
         cut = _settings(steps.settings_step(config=config), cfg).outputs
         data = _settings(steps.data_step(config=cut["data"]), cfg, gcs=True, cache=True)
         model = _settings(steps.train_step(config=cut["train"], pretrained_model=pretrained_model,
@@ -69,16 +73,25 @@ def build_pipeline(cfg: Config):
         evaluation = _settings(steps.evaluate_step(config=cut["evaluate"], min_eir=min_eir,
                                                    model=model.outputs["model"], data=data.outputs["data"]), cfg)
         with dsl.If(evaluation.outputs["passed"] == True, name="eir-gate"):  # noqa: E712 (a KFP condition)
-            exported = _settings(steps.export_step(model=model.outputs["model"],
-                                                   evaluation=evaluation.outputs["evaluation"]), cfg)
-            layout = _settings(steps.archive_step(config=cut["archive"], model=exported.outputs["exported"]), cfg)
-            storage_uri = _settings(steps.upload_step(config=cut["upload"], layout=layout.outputs["layout"],
-                                                      model_version=model_version), cfg, gcs=True, retry=True)
-            endpoint = _settings(steps.deploy_step(config=cut["deploy"], storage_uri=storage_uri.output,
-                                                   deploy_target=deploy_target), cfg, retry=True)
-            _settings(steps.smoke_test_step(config=cut["smoke"], url=endpoint.outputs["url"],
-                                            host=endpoint.outputs["host"], rollback=endpoint.outputs["rollback"]),
-                      cfg)
+            comparison = _settings(steps.compare_step(config=cut["compare"], evaluation=evaluation.outputs["evaluation"],
+                                                      data=data.outputs["data"],
+                                                      challenger_report=evaluation.outputs["report"],
+                                                      force_promotion=force_promotion, deploy_target=deploy_target),
+                                   cfg, gcs=True)
+            with dsl.If(comparison.outputs["promote"] == True, name="not-worse-than-serving"):  # noqa: E712
+                exported = _settings(steps.export_step(model=model.outputs["model"],
+                                                       evaluation=evaluation.outputs["evaluation"],
+                                                       run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER), cfg)
+                layout = _settings(steps.archive_step(config=cut["archive"], model=exported.outputs["exported"]), cfg)
+                storage_uri = _settings(steps.upload_step(config=cut["upload"], layout=layout.outputs["layout"],
+                                                          model_version=model_version), cfg, gcs=True, retry=True)
+                endpoint = _settings(steps.deploy_step(config=cut["deploy"], storage_uri=storage_uri.output,
+                                                       deploy_target=deploy_target), cfg, retry=True)
+                _settings(steps.smoke_test_step(config=cut["smoke"], url=endpoint.outputs["url"],
+                                                host=endpoint.outputs["host"], rollback=endpoint.outputs["rollback"]),
+                          cfg)
+            with dsl.Else(name="serving-model-reads-better"):
+                _settings(steps.kept_step(summary=comparison.outputs["summary"]), cfg)
             # no retry for the smoke test: after a failure it has rolled the deploy back, and a second try would
             # test the previous model (the client already retries 503s)
         with dsl.Else(name="eir-gate-failed"):

@@ -16,8 +16,8 @@ def component(fn):
 
 @component
 def settings_step(config: str) -> NamedTuple("Settings", [("data", str), ("train", str), ("evaluate", str),
-                                                          ("archive", str), ("upload", str), ("deploy", str),
-                                                          ("smoke", str)]):
+                                                          ("compare", str), ("archive", str), ("upload", str),
+                                                          ("deploy", str), ("smoke", str)]):
     """Check the run's configuration and hand each step only the sections it reads (never cached): a change to
     the smoke test's or the deploy's settings leaves the data and train steps' cache keys as they were."""
     from collections import namedtuple
@@ -61,6 +61,29 @@ def evaluate_step(config: str, min_eir: float, model: Input[Model], data: Input[
 
 
 @component
+def compare_step(config: str, evaluation: str, data: Input[Dataset], challenger_report: Input[HTML],
+                 force_promotion: bool, deploy_target: str, metrics: Output[Metrics], report: Output[HTML]
+                 ) -> NamedTuple("Comparison", [("promote", bool), ("summary", str)]):
+    """Champion/challenger: the model serving now, evaluated on the same data; promote the new one unless it
+    reads worse by more than evaluate.champion_margin (never cached: what serves changes)."""
+    from collections import namedtuple
+
+    from platepipe.pipeline import tasks
+    r = tasks.compare(config, evaluation, data.path, challenger_report.path, force_promotion, deploy_target,
+                      report.path)
+    for name, value in r["metrics"]:
+        metrics.log_metric(name, value)
+    return namedtuple("Comparison", ["promote", "summary"])(bool(r["promote"]), r["summary"])
+
+
+@component
+def kept_step(summary: str):
+    """The serving model reads better: nothing is exported or deployed, and the run succeeds."""
+    import json
+    print(json.loads(summary)["reason"])
+
+
+@component
 def gate_failed_step(eir: float, min_eir: float):
     """Fail the run when the model did not pass the EIR gate (nothing is exported or deployed)."""
     raise SystemExit(f"EIR gate failed: EIR {eir:.4f} < min_eir {min_eir}: the model was not exported or deployed; "
@@ -68,10 +91,10 @@ def gate_failed_step(eir: float, min_eir: float):
 
 
 @component
-def export_step(model: Input[Model], evaluation: str, exported: Output[Model]):
-    """pipeline.pth with its evaluation written in: weights, config, classes, metrics, fingerprint, versions."""
+def export_step(model: Input[Model], evaluation: str, run: str, exported: Output[Model]):
+    """pipeline.pth with its evaluation, source commit and pipeline run written in."""
     from platepipe.pipeline import tasks
-    exported.metadata.update(tasks.export(model.path, evaluation, exported.path))
+    exported.metadata.update(tasks.export(model.path, evaluation, exported.path, run))
 
 
 @component

@@ -22,6 +22,7 @@ from platepipe.pipeline.config import Config, config_from_text
 show()  # a step's progress lines go to its standard output, where KFP shows them
 
 LOCAL_DIR_ENV = "PLATEPIPE_LOCAL_DIR"  # the local run's folder: where the deploy step serves from
+LOCAL_SERVING = "local-serving.json"   # in state_home(): the layout the local deploy target serves
 WORK_DIR_ENV = "PLATEPIPE_WORK_DIR"    # a persistent volume for training checkpoints (resume after a retry)
 
 
@@ -130,11 +131,44 @@ def metric_rows(metrics: dict) -> list[tuple[str, float]]:
     return rows
 
 
-def export(model_path: str, evaluation_json: str, out_path: str) -> dict:
+def compare(config: str, evaluation_json: str, data_dir: str, challenger_report: str, force: bool, target: str,
+            report_html: str) -> dict:
+    """Champion/challenger: evaluate the model serving now on the same data as the new one and decide whether the
+    new one may replace it (evaluate.champion_margin); force promotes all the same. The HTML puts both side by
+    side."""
+    from platepipe.components import champion as ch
+    from platepipe.components.evaluate import evaluate as run
+
+    cfg = _cfg(config)
+    challenger = json.loads(evaluation_json)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        if target == "local":
+            champ = ch.serving_model_local(local_serving().get("layout"), work)
+        elif target == "kserve":
+            champ = ch.serving_model_kserve(cfg.deploy, work)
+        else:
+            raise ValueError(f"deploy_target {target!r}: expected kserve or local")
+        champion_metrics, champion_report = None, None
+        if champ is not None:
+            champion_metrics = run(champ.model, data_dir, work / "evaluation", iou_threshold=cfg.evaluate.iou_threshold,
+                                   report_worst=cfg.evaluate.report_worst, progress=False)
+            champion_report = (work / "evaluation" / "report.html").read_text()
+        decision = ch.compare(challenger, champion_metrics, cfg.evaluate.champion_margin)
+        if force and not decision["promote"]:
+            decision = {**decision, "promote": True, "reason": "promoted by force_promotion, although it "
+                        + decision["reason"].removeprefix("kept the serving model: the new one ")}
+        Path(report_html).write_text(ch.comparison_html(decision, Path(challenger_report).read_text(),
+                                                        champion_report, champ))
+    return _report("compare", {**decision, "summary": ch.summary(decision, champ), "metrics": ch.metric_rows(decision),
+                               "line": decision["reason"], "artifact": report_html})
+
+
+def export(model_path: str, evaluation_json: str, out_path: str, run: str = "") -> dict:
     from platepipe.components.export import stamp
     from platepipe.serving.reader import load_pipeline
 
-    stamp(model_path, out_path, json.loads(evaluation_json))
+    stamp(model_path, out_path, json.loads(evaluation_json), run)
     payload = load_pipeline(out_path)
     return _report("export", {"data_fingerprint": payload.get("data_fingerprint"), "versions": payload.get("versions"),
                               "bytes": Path(out_path).stat().st_size, "artifact": out_path})
@@ -168,22 +202,50 @@ def upload(config: str, layout_dir: str, model_version: str) -> dict:
                               "line": f"{result['storage_uri']} (version {result['version']})"})
 
 
+def state_home() -> Path:
+    """Where platepipe keeps what outlives a run on this machine: PLATEPIPE_CACHE, else ~/.cache/platepipe."""
+    return Path(os.environ.get("PLATEPIPE_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or
+                                                          Path.home() / ".cache") / "platepipe")
+
+
+def local_serving() -> dict:
+    """The local deploy target's record (what `platepipe run --local` serves, the local stand-in for the
+    InferenceService): {"layout", "storage_uri"}, or {} when nothing was deployed locally."""
+    record = state_home() / LOCAL_SERVING
+    return json.loads(record.read_text()) if record.is_file() else {}
+
+
+def _record_local_serving(layout: Path | None, storage_uri: str | None) -> None:
+    from platepipe.components.local_server import write_private
+
+    record = state_home() / LOCAL_SERVING
+    record.parent.mkdir(parents=True, exist_ok=True)
+    write_private(record, json.dumps({"layout": str(layout) if layout else None, "storage_uri": storage_uri}))
+
+
 def deploy_local(cfg: Config, storage_uri: str) -> dict:
     """Serve the uploaded layout with TorchServe on this machine, fetched from the bucket the way KServe's
-    storage initializer fills /mnt/models; a model served there before is replaced."""
+    storage initializer fills /mnt/models; the model served before (this run's, or an earlier run's kept with
+    --keep-serving) is replaced, and put back by the smoke test's rollback."""
     from platepipe.components.gcs import download_prefix
     from platepipe.components import local_server as server
 
     layout = Path(os.environ.get(LOCAL_DIR_ENV) or tempfile.mkdtemp(prefix="platepipe-")) / "serving"
+    previous = local_serving().get("layout")
+    previous = previous if previous and server.serving(previous) and Path(previous) != layout else None
+    if previous:
+        server.stop(previous)  # the same ports
     if layout.exists():
         server.stop(layout)
         shutil.rmtree(layout)
     download_prefix(storage_uri, layout)
     s = cfg.serving
-    srv = server.start(layout, inference_port=s.inference_port, management_port=s.management_port,
-                       metrics_port=s.metrics_port, token_auth=s.token_auth)
+    ports = dict(inference_port=s.inference_port, management_port=s.management_port, metrics_port=s.metrics_port,
+                 token_auth=s.token_auth)
+    srv = server.start(layout, **ports)
+    _record_local_serving(layout, storage_uri)
     return {"url": srv.inference_url, "host": "", "model_name": srv.model_name, "layout": str(layout),
-            "rollback": json.dumps({"local": str(layout)})}
+            "rollback": json.dumps({"local": str(layout), "previous": previous, "ports": ports})}
 
 
 def deploy(config: str, storage_uri: str, target: str) -> dict:
@@ -208,7 +270,14 @@ def roll_back(rollback: str) -> str:
     """Undo a deploy: stop the local server, or restore the InferenceService's previous spec (delete a new one)."""
     info = json.loads(rollback)
     if "local" in info:
+        from platepipe.components import local_server as server
+
         stop_local_serving(Path(info["local"]).parent)
+        if info.get("previous") and Path(info["previous"]).is_dir():
+            server.start(info["previous"], **info["ports"])
+            _record_local_serving(Path(info["previous"]), None)
+            return f"stopped the local TorchServe on {info['local']} and served {info['previous']} again"
+        _record_local_serving(None, None)
         return f"stopped the local TorchServe on {info['local']}"
     from platepipe.components import deploy as dep
 

@@ -31,8 +31,10 @@ STEPS=$REGISTRY/platepipe:$VERSION
 SERVING=$REGISTRY/platepipe-serving:$VERSION
 
 cd "$ROOT"
-echo "[images] $ENGINE build $STEPS (the Dockerfile --target steps)"
-"$ENGINE" build -f Dockerfile --target steps -t "$STEPS" .
+# the commit the images are built from: written into every model the steps export (its manifest, platepipe models)
+COMMIT=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+echo "[images] $ENGINE build $STEPS (the Dockerfile --target steps, commit $COMMIT)"
+"$ENGINE" build -f Dockerfile --target steps --build-arg "SOURCE_COMMIT=$COMMIT" -t "$STEPS" .
 echo "[images] $ENGINE build $SERVING (the Dockerfile --target serving)"
 "$ENGINE" build -f Dockerfile --target serving -t "$SERVING" .
 if [ "$PUSH" = 1 ]; then

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,8 +120,9 @@ def test_make_images_builds_and_pushes_both_images_tagged_with_the_version(tmp_p
     done = _images(tmp_path, "REGISTRY=europe-docker.pkg.dev/p/r/", path=f"{_engine(tmp_path, 'podman')}:{system}")
     assert done.returncode == 0, done.stderr
     steps, serving = f"europe-docker.pkg.dev/p/r/platepipe:{version}", f"europe-docker.pkg.dev/p/r/platepipe-serving:{version}"
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     assert (tmp_path / "calls").read_text().splitlines() == [
-        f"build -f Dockerfile --target steps -t {steps} .",
+        f"build -f Dockerfile --target steps --build-arg SOURCE_COMMIT={commit or 'unknown'} -t {steps} .",
         f"build -f Dockerfile --target serving -t {serving} .",
         f"push {steps}", f"push {serving}"]
     assert f"--set kfp.image={steps} --set deploy.image={serving}" in done.stdout

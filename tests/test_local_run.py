@@ -21,12 +21,14 @@ TINY = ["--set", "data.n_images=8", "--set", "data.min_size=320", "--set", "data
         "--set", "data.ood_images=3"]
 
 
-def run(tmp_path, *extra):
-    ports = [server.free_port() for _ in range(3)]
-    args = [str(PLATEPIPE), "run", "--local", "--out", str(tmp_path / "run"), *TINY,
+def run(tmp_path, *extra, out="run", ports=None):
+    """`platepipe run --local` as a user types it, with its own state folder (what the local deploy serves)."""
+    ports = ports or [server.free_port() for _ in range(3)]
+    args = [str(PLATEPIPE), "run", "--local", "--out", str(tmp_path / out), *TINY,
             "--set", f"serving.inference_port={ports[0]}", "--set", f"serving.management_port={ports[1]}",
             "--set", f"serving.metrics_port={ports[2]}", *extra]
-    return subprocess.run(args, capture_output=True, text=True, timeout=600)
+    env = dict(os.environ, PLATEPIPE_CACHE=str(tmp_path / "state"))
+    return subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
 
 
 def java_serving(folder: Path) -> list[str]:
@@ -39,10 +41,12 @@ def test_whole_pipeline_runs_and_a_failing_smoke_test_rolls_back(tmp_path):
     out = run(tmp_path, "--set", "evaluate.min_eir=0")
     log = out.stdout + out.stderr
     assert out.returncode == 1, log
-    steps = ["settings", "data", "train or fetch", "evaluate", "export", "archive", "upload", "deploy"]
+    steps = ["settings", "data", "train or fetch", "evaluate", "against the serving model", "export", "archive",
+             "upload", "deploy"]
     for i, name in enumerate(steps, 1):
         assert re.search(rf"^\[{i}\] {name} ok in \d+\.\d s$", out.stdout, re.M), log
-    assert re.search(r"^\[9\] smoke test FAILED in", out.stdout, re.M), log
+    assert re.search(r"^\[10\] smoke test FAILED in", out.stdout, re.M), log
+    assert "first deploy: no model serves yet" in out.stdout, log
     # the smoke test's table, and the rollback
     assert re.search(r"image\s+expected\s+got\s+problems", out.stdout), log
     assert "missing" in out.stdout and "rolled back: stopped the local TorchServe" in out.stdout
@@ -73,6 +77,54 @@ def test_whole_pipeline_runs_and_a_failing_smoke_test_rolls_back(tmp_path):
     assert server.running(run_dir / "serving") is None
     assert java_serving(run_dir) == []
     assert "fake-gcs-server" not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+
+
+SERVES = ["--set", "evaluate.min_eir=0", "--set", "smoke.n_images=0"]  # the plate-free scene: the tiny model passes
+
+
+def serving_layout(tmp_path) -> str | None:
+    return json.loads((tmp_path / "state" / "local-serving.json").read_text()).get("layout")
+
+
+@pytest.mark.timeout(900)
+def test_a_second_run_keeps_the_serving_model_unless_the_new_one_is_not_worse(tmp_path):
+    """`--keep-serving` twice: the second run evaluates the model the first one serves on its own data. The same
+    model, where a model must read better (a negative margin), is kept out: the run succeeds and serving stays;
+    --force-promotion replaces it through deploy and smoke test."""
+    ports = [server.free_port() for _ in range(3)]
+    try:
+        first = run(tmp_path, "--keep-serving", *SERVES, out="first", ports=ports)
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert "first deploy: no model serves yet" in first.stdout
+        layout = serving_layout(tmp_path)
+        assert layout == str(tmp_path / "first" / "serving") and server.serving(layout)
+
+        (model,) = (tmp_path / "first" / "kfp").glob("*/train-step/model")
+        again = [*SERVES, "--set", f"model.pretrained={model}", "--set", "evaluate.champion_margin=-0.01"]
+        second = run(tmp_path, "--keep-serving", *again, out="second", ports=ports)
+        log = second.stdout + second.stderr
+        assert second.returncode == 0, log
+        assert re.search(r"^\[5\] against the serving model ok", second.stdout, re.M), log
+        assert re.search(r"^\[6\] kept the serving model ok", second.stdout, re.M), log
+        assert "kept the serving model: the new one reads worse" in second.stdout, log
+        assert not (tmp_path / "second" / "steps" / "upload.json").exists()
+        assert serving_layout(tmp_path) == layout and server.serving(layout)  # the first run's model serves on
+        report = json.loads((tmp_path / "second" / "steps" / "compare.json").read_text())
+        assert report["promote"] is False and report["rows"]
+        page = Path(report["artifact"]).read_text()
+        assert "Kept the serving model" in page and "evaluation, on the same data" in page
+
+        third = run(tmp_path, "--keep-serving", "--force-promotion", *again, out="third", ports=ports)
+        log = third.stdout + third.stderr
+        assert third.returncode == 0, log
+        assert "promoted by force_promotion, although it reads worse" in third.stdout, log
+        assert re.search(r"^\[10\] smoke test ok", third.stdout, re.M), log
+        assert serving_layout(tmp_path) == str(tmp_path / "third" / "serving")
+        assert server.serving(tmp_path / "third" / "serving") and not server.serving(layout)
+    finally:
+        for name in ("first", "second", "third"):
+            server.stop(tmp_path / name / "serving")
+    assert java_serving(tmp_path) == []
 
 
 @pytest.mark.timeout(600)

@@ -9,8 +9,8 @@ import pytest
 from platepipe.pipeline.config import config_from_text as load_config_text, load_config
 from platepipe.pipeline.pipeline import compile_pipeline
 
-STEPS = ["settings-step", "data-step", "train-step", "evaluate-step", "export-step", "archive-step", "upload-step", "deploy-step",
-         "smoke-test-step", "gate-failed-step"]
+STEPS = ["settings-step", "data-step", "train-step", "evaluate-step", "compare-step", "export-step", "archive-step",
+         "upload-step", "deploy-step", "smoke-test-step", "kept-step", "gate-failed-step"]
 
 
 def compiled(tmp_path, *overrides):
@@ -64,6 +64,30 @@ def test_gate_on_eir(default):
                 and "dag" in comp and "export-step" in comp["dag"]["tasks"]}
     (passed,) = branches.values()
     assert {"export-step", "archive-step", "upload-step", "deploy-step", "smoke-test-step"} <= set(passed["dag"]["tasks"])
+
+
+def test_only_a_model_not_worse_than_the_serving_one_is_deployed(default):
+    """Behind the gate the compare step (the serving model on the same data, never cached) decides: export to
+    smoke test run only when it promotes; otherwise the kept step ends the run, successfully."""
+    spec, _ = default
+    tasks = tasks_of(spec)
+    compare = tasks["compare-step"]
+    assert "data-step-data" in str(compare["inputs"]["artifacts"]["data"])  # the same data the new model met
+    assert "evaluate-step-report" in str(compare["inputs"]["artifacts"]["challenger_report"])
+    assert "force_promotion" in str(compare["inputs"]["parameters"]["force_promotion"])
+    assert not compare.get("cachingOptions", {}).get("enableCache")
+    conditions = {name: t["triggerPolicy"]["condition"] for name, t in tasks.items() if "triggerPolicy" in t}
+    promoted = [c for c in conditions.values() if "compare-step-promote" in c and not c.startswith("!")]
+    kept = [c for c in conditions.values() if "compare-step-promote" in c and c.startswith("!")]
+    assert promoted and kept
+    branch = {name: comp for name, comp in spec["components"].items() if name.startswith("comp-condition-")
+              and "dag" in comp and "export-step" in comp["dag"]["tasks"]}
+    (inner,) = branch.values()
+    assert {"export-step", "archive-step", "upload-step", "deploy-step", "smoke-test-step"} <= set(inner["dag"]["tasks"])
+    assert "compare-step" not in inner["dag"]["tasks"]
+    kept_branch = [comp for name, comp in spec["components"].items() if name.startswith("comp-condition-")
+                   and "kept-step" in comp.get("dag", {}).get("tasks", {})]
+    assert kept_branch and "export-step" not in kept_branch[0]["dag"]["tasks"]
 
 
 def test_train_gets_a_gpu_on_the_chosen_nodes_with_the_volume(default):
@@ -145,7 +169,9 @@ def test_network_steps_retry(default):
 def test_run_parameters_and_their_defaults(tmp_path):
     spec, platform = compiled(tmp_path, "evaluate.min_eir=0.9", "data.n_images=500")
     params = spec["root"]["inputDefinitions"]["parameters"]
-    assert set(params) == {"config", "pretrained_model", "min_eir", "model_version", "deploy_target"}
+    assert set(params) == {"config", "pretrained_model", "min_eir", "model_version", "deploy_target",
+                           "force_promotion"}
+    assert params["force_promotion"]["defaultValue"] is False
     assert params["min_eir"]["defaultValue"] == 0.9
     assert load_config_text(params["config"]["defaultValue"]).data.n_images == 500
     assert params["deploy_target"]["defaultValue"] == "kserve"

@@ -23,7 +23,9 @@ def register(sub, common) -> None:
     p.add_argument("--out", metavar="DIR", help="run folder (default: runs/<time>)")
     p.add_argument("--keep-serving", action="store_true",
                    help="leave the local TorchServe of the deploy step running after the run (stop it with "
-                        "platepipe serve --stop)")
+                        "platepipe serve --stop); the next run compares its model with this one")
+    p.add_argument("--force-promotion", action="store_true",
+                   help="deploy the new model even where the one served now reads better")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("compile", parents=[common], help="compile the Kubeflow pipeline to YAML",
@@ -139,7 +141,7 @@ def _kfp_connect(args: argparse.Namespace, cfg: Config):
 
 def cmd_run(args: argparse.Namespace) -> int:
     from platepipe.pipeline.local_run import run_local
-    return run_local(load(args), args.out, keep_serving=args.keep_serving)
+    return run_local(load(args), args.out, keep_serving=args.keep_serving, force_promotion=args.force_promotion)
 
 
 def cmd_compile(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from platepipe.pipeline.commands.common import load
 from platepipe.pipeline.config import Config
+from platepipe.pipeline.tasks import state_home
 
 
 def register(sub, common) -> None:
@@ -97,10 +98,110 @@ def register(sub, common) -> None:
     p.add_argument("--out", metavar="DIR", help="folder for smoke.json and smoke.html (default: runs/smoke-<time>)")
     p.set_defaults(func=cmd_smoke_test)
 
+    p = sub.add_parser("models", parents=[common], help="the model versions in the bucket, and which one serves",
+                       description="List the versions under gs://BUCKET/PREFIX (gcs.bucket/gcs.prefix, or --to), "
+                                   "oldest first: when each was written, its EIR (on the gate's set), size and "
+                                   "whether it is complete; the one the InferenceService deploy.name serves is "
+                                   "marked (read from the cluster; left unmarked when it cannot be read).")
+    _cluster_arguments(p)
+    p.set_defaults(func=cmd_models)
 
-def _state_home() -> str:
-    return os.environ.get("PLATEPIPE_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or
-                                                            os.path.expanduser("~/.cache"), "platepipe")
+    p = sub.add_parser("promote", parents=[common], help="deploy a listed model version, smoke-tested",
+                       description="Deploy VERSION (a complete version `platepipe models` lists) to the "
+                                   "InferenceService deploy.name, then run the smoke test against it; a failed "
+                                   "smoke test rolls the InferenceService back to what it served before. The way "
+                                   "back to an earlier model after a bad day.")
+    p.add_argument("version", metavar="VERSION", help="the version folder's name, as `platepipe models` shows it")
+    _cluster_arguments(p)
+    p.add_argument("--image", help="serving image (default: deploy.image)")
+    p.add_argument("--out", metavar="DIR", help="folder for the smoke test's report (default: runs/promote-<time>)")
+    p.set_defaults(func=cmd_promote)
+
+
+def _cluster_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--to", metavar="gs://BUCKET/PREFIX", help="where the versions are (default: gcs.bucket, gcs.prefix)")
+    p.add_argument("--name", help="InferenceService name (default: deploy.name)")
+    p.add_argument("-n", "--namespace", help="namespace (default: deploy.namespace)")
+    p.add_argument("--kubeconfig", metavar="FILE", help="kubeconfig (default: $KUBECONFIG, ~/.kube/config)")
+
+
+def _serving_uri(d, kubeconfig: str | None) -> tuple[str | None, int | None, str | None]:
+    """(storage URI the InferenceService names, its canary percent, why it could not be read)."""
+    from platepipe.components import deploy
+
+    try:
+        isvc = deploy._services(d.namespace, None, kubeconfig).get(d.name)
+    except Exception as exc:  # noqa: BLE001  no cluster here: list the versions all the same
+        return None, None, f"cannot read InferenceService {d.namespace}/{d.name}: {exc}"
+    if isvc is None:
+        return None, None, f"there is no InferenceService {d.namespace}/{d.name}"
+    predictor = (isvc.get("spec") or {}).get("predictor") or {}
+    return predictor.get("model", {}).get("storageUri"), predictor.get("canaryTrafficPercent"), None
+
+
+def _with_cluster_args(cfg, args):
+    given = dict(name=args.name, namespace=args.namespace, image=getattr(args, "image", None))
+    return dataclasses.replace(cfg, deploy=dataclasses.replace(
+        cfg.deploy, **{k: v for k, v in given.items() if v is not None}))
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from platepipe.components import upload
+
+    cfg = _with_cluster_args(load(args), args)
+    uri = args.to or upload.destination(cfg.gcs)
+    versions = upload.list_versions(uri, credentials_env=cfg.gcs.credentials_env)
+    serving, canary, why = _serving_uri(cfg.deploy, args.kubeconfig)
+    if not versions:
+        print(f"no versions under {uri}: upload one with platepipe upload (or run the pipeline)")
+        return 0
+    print(f"model versions under {uri.rstrip('/')}, oldest first:")
+    width = max(len(v["version"]) for v in versions)
+    for v in versions:
+        card = v.get("model") or {}
+        eir = f"{card['gate_eir']:.3f} ({card.get('gate_set') or 'test'})" if card.get("gate_eir") is not None else "-"
+        state = "complete" if v["complete"] else f"INCOMPLETE ({v['problem']})"
+        mark = ""
+        if serving and serving.rstrip("/") == v["storage_uri"].rstrip("/"):
+            mark = f"<- canary, {canary}% of traffic" if canary is not None and canary < 100 else "<- serving"
+        commit = ((card.get("source") or {}).get("commit") or "")[:8]
+        print(f"  {v['version']:<{width}}  {v['updated'].replace('T', ' ').rstrip('Z')} UTC  EIR {eir:<14}  "
+              f"{upload.human_size(v['size']):>9}  {state:<10}  {commit:<8}  {mark}".rstrip())
+    if why:
+        print(f"serving: unknown ({why})")
+    elif serving and not any(serving.rstrip("/") == v["storage_uri"].rstrip("/") for v in versions):
+        print(f"serving: {serving} (not a version under {uri})")
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from platepipe.components import upload
+    from platepipe.pipeline import tasks
+    from platepipe.pipeline.config import dump_config
+
+    cfg = _with_cluster_args(load(args), args)
+    uri = args.to or upload.destination(cfg.gcs)
+    versions = {v["version"]: v for v in upload.list_versions(uri, credentials_env=cfg.gcs.credentials_env)}
+    chosen = versions.get(args.version)
+    if chosen is None:
+        raise ValueError(f"no version {args.version!r} under {uri}: `platepipe models` lists "
+                         f"{', '.join(versions) or 'none'}")
+    if not chosen["complete"]:
+        raise ValueError(f"version {args.version} is incomplete ({chosen['problem']}): upload it again with --force, "
+                         f"or promote another")
+    if args.kubeconfig:
+        os.environ["KUBECONFIG"] = args.kubeconfig
+    config = dump_config(cfg)
+    result = tasks.deploy(config, chosen["storage_uri"], "kserve")
+    print(f"deployed {args.version} to InferenceService {cfg.deploy.namespace}/{cfg.deploy.name}: {result['url']}")
+    out = Path(args.out or Path("runs") / datetime.now().strftime("promote-%Y%m%d-%H%M%S"))
+    out.mkdir(parents=True, exist_ok=True)
+    smoke = tasks.smoke(config, result["url"], result["host"], result["rollback"], str(out / "smoke.html"))
+    print(f"smoke test {smoke['line']}; report: {out / 'smoke.html'}")
+    print(f"{args.version} serves now")
+    return 0
 
 
 def _endpoint_arguments(p: argparse.ArgumentParser, protocol_help: str) -> None:
@@ -212,7 +313,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from platepipe.components import local_server as server
-    served = Path(_state_home()) / "served.json"
+    served = state_home() / "served.json"
     known = json.loads(served.read_text()) if served.exists() else []
     if args.stop:
         layouts = [args.layout] if args.layout else known
