@@ -40,6 +40,9 @@ API_VERSION = f"{GROUP}/{VERSION}"
 RESOURCE = f"{PLURAL}.{GROUP}"
 MODEL_FORMAT = {"name": "platepipe", "version": "1"}  # the layout `platepipe archive` writes; our runtime serves it
 ISTIO_INJECT = "sidecar.istio.io/inject"
+TAG_ROUTING = "serving.kserve.io/enable-tag-routing"
+MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
+MODES = {"serverless": "Serverless", "raw": "RawDeployment"}
 MANAGED_BY = {"app.kubernetes.io/managed-by": "platepipe"}
 RBAC_VERBS = ("get", "list", "create", "update", "patch", "delete")
 STORAGE_SCHEMES = ("gs", "s3", "pvc", "https", "http")
@@ -75,8 +78,9 @@ def check_storage_uri(storage_uri: str) -> str:
     return storage_uri
 
 
-def manifest(spec: DeployConfig, storage_uri: str) -> dict:
-    """The InferenceService of the `deploy` settings serving storage_uri, as the API server takes it."""
+def manifest(spec: DeployConfig, storage_uri: str, canary: int | None = None) -> dict:
+    """The InferenceService of the `deploy` settings serving storage_uri, as the API server takes it; canary:
+    the share of traffic (percent) for this revision while the previous one keeps the rest."""
     requests = {"cpu": spec.cpu_request, "memory": spec.memory_request}
     limits = {"cpu": spec.cpu_limit, "memory": spec.memory_limit}
     if spec.gpu:
@@ -88,14 +92,17 @@ def manifest(spec: DeployConfig, storage_uri: str) -> dict:
                                  "scaleMetric": spec.scale_metric, "scaleTarget": spec.scale_target}
     if spec.service_account:
         predictor["serviceAccountName"] = spec.service_account
-    if spec.canary_percent is not None:
-        predictor["canaryTrafficPercent"] = spec.canary_percent
+    if canary is not None:
+        predictor["canaryTrafficPercent"] = canary
+    annotations = {ISTIO_INJECT: "false"}
+    if spec.canary_steps:  # each revision's own URL (latest-..., prev-...), for the canary's smoke test
+        annotations[TAG_ROUTING] = "true"
     return {
         "apiVersion": API_VERSION,
         "kind": KIND,
         "metadata": {"name": spec.name, "namespace": spec.namespace, "labels": dict(MANAGED_BY),
                      # no Istio sidecar in the serving pod (the original's "isdecar.istio.is/inject" did nothing)
-                     "annotations": {ISTIO_INJECT: "false"}},
+                     "annotations": annotations},
         "spec": {"predictor": predictor},
     }
 
@@ -398,6 +405,40 @@ class DeployResult:
     generation: int
     isvc: dict
     previous: dict | None = None  # the service before this deploy (None: it was new), for roll_back
+    mode: str = "Serverless"      # KServe's deployment mode: Serverless or RawDeployment
+    canary: bool = False          # the new revision has 0% of traffic; url/host are its own (tagged) address
+
+
+def deployment_mode(spec: DeployConfig, current: dict | None, client) -> str:
+    """Serverless or RawDeployment: deploy.mode when set; else what the InferenceService says (its status, its
+    annotation); else the cluster's: Serverless where Knative Serving is installed (KServe's default)."""
+    from kubernetes import client as k8s
+    from kubernetes.client.exceptions import ApiException
+
+    if spec.mode != "auto":
+        return MODES[spec.mode]
+    if current:
+        said = (current.get("status") or {}).get("deploymentMode") or \
+            ((current.get("metadata") or {}).get("annotations") or {}).get(MODE_ANNOTATION)
+        if said in MODES.values():
+            return said
+    try:
+        groups = {g.name for g in k8s.ApisApi(client).get_api_versions(_request_timeout=REQUEST_TIMEOUT_S).groups}
+    except (ApiException, OSError) as exc:
+        raise DeployError(f"cannot tell KServe's deployment mode (listing API groups: {exc}): set deploy.mode to "
+                          f"serverless or raw") from None
+    return "Serverless" if "serving.knative.dev" in groups else "RawDeployment"
+
+
+def tagged_endpoint(isvc: dict, tag: str, ingress_host: str | None, ingress_port: int | None) -> tuple[str, str]:
+    """(URL, Host header) of the revision tagged `tag` (latest, prev) under KServe's tag routing."""
+    traffic = ((isvc.get("status") or {}).get("components") or {}).get("predictor", {}).get("traffic") or []
+    url = next((t.get("url") for t in traffic if t.get("tag") == tag and t.get("url")), None)
+    if not url:
+        raise DeployError(f"the InferenceService shows no '{tag}' URL in status.components.predictor.traffic: tag "
+                          f"routing ({TAG_ROUTING}) is off on this cluster; set deploy.canary_steps: [] to replace "
+                          f"the serving model at once")
+    return resolve_endpoint({"url": url}, ingress_host, ingress_port)
 
 
 class _NotReady(Exception):
@@ -405,20 +446,27 @@ class _NotReady(Exception):
 
 
 def deploy(spec: DeployConfig, storage_uri: str, *, api_client=None, kubeconfig=None, poll_s: float | None = None,
-           ingress_host: str | None = None, ingress_port: int | None = None,
+           ingress_host: str | None = None, ingress_port: int | None = None, canary: bool = True,
            log: Callable[[str], None] = logging.getLogger(__name__).info) -> DeployResult:
     """Create or update the InferenceService of the `deploy` settings serving storage_uri, wait until it is
     Ready and return its endpoint. When it does not
     become Ready, put the previous spec back (or delete what was created) and raise DeployError. First the
-    image, the permissions and the runtime (components.runtime.prepare)."""
+    image, the permissions and the runtime (components.runtime.prepare). canary: where the mode allows it and a
+    model serves already, bring the new one up at 0% of traffic on its own URL (ramp moves traffic to it)."""
     from platepipe.components import runtime
 
-    wanted = manifest(spec, storage_uri)
+    manifest(spec, storage_uri)  # a bad storage URI fails before anything is asked of the cluster
     client = _client(api_client, kubeconfig)
     runtime.prepare(spec, client, log)
     isvcs = _services(spec.namespace, client)
     where = f"{spec.namespace}/{spec.name}"
     previous = isvcs.get(spec.name)
+    mode = deployment_mode(spec, previous, client)
+    if mode == "RawDeployment" and spec.scale_metric in ("concurrency", "rps"):
+        raise DeployError(f"deploy.scale_metric {spec.scale_metric} needs Knative (Serverless mode); {where} deploys "
+                          f"in RawDeployment mode: set deploy.scale_metric to cpu or memory")
+    canary = canary and previous is not None and mode == "Serverless" and bool(spec.canary_steps)
+    wanted = manifest(spec, storage_uri, canary=0 if canary else None)
     created = previous is None
     if created:
         try:
@@ -433,8 +481,8 @@ def deploy(spec: DeployConfig, storage_uri: str, *, api_client=None, kubeconfig=
     if not created:
         current = _update(isvcs, previous, wanted)
     generation = current["metadata"].get("generation")
-    log(f"{'created' if created else 'updated'} InferenceService {where} (generation {generation}); "
-        f"waiting up to {spec.timeout_s:g} s for Ready")
+    log(f"{'created' if created else 'updated'} InferenceService {where} (generation {generation}, {mode}"
+        f"{', the new model at 0% of traffic' if canary else ''}); waiting up to {spec.timeout_s:g} s for Ready")
     try:
         ready = _wait(isvcs, spec.name, generation, spec.timeout_s, POLL_S if poll_s is None else poll_s, log)
     except _NotReady as exc:
@@ -446,8 +494,47 @@ def deploy(spec: DeployConfig, storage_uri: str, *, api_client=None, kubeconfig=
     except KeyboardInterrupt:  # Ctrl-C: leave the service as it was before, then stop
         log(f"interrupted while waiting for {where} to become Ready: {_roll_back(isvcs, spec.name, previous)}")
         raise
-    url, host = resolve_endpoint(ready.get("status") or {}, ingress_host, ingress_port)
-    return DeployResult(spec.name, spec.namespace, url, host, created, generation, ready, previous)
+    if canary:
+        try:
+            url, host = tagged_endpoint(ready, "latest", ingress_host, ingress_port)
+        except DeployError as exc:
+            raise DeployError(f"{exc}; {_roll_back(isvcs, spec.name, previous)}") from None
+    else:
+        url, host = resolve_endpoint(ready.get("status") or {}, ingress_host, ingress_port)
+    return DeployResult(spec.name, spec.namespace, url, host, created, generation, ready, previous, mode, canary)
+
+
+def ramp(spec: DeployConfig, previous: dict | None, check: Callable[[str, str], None], *, api_client=None,
+         kubeconfig=None, poll_s: float | None = None, ingress_host: str | None = None,
+         ingress_port: int | None = None, log: Callable[[str], None] = logging.getLogger(__name__).info) -> str:
+    """Move traffic to the canary in deploy.canary_steps, check(url, host) (the smoke test) on the service's own
+    address after each; any failure puts the previous service back at 100% and raises DeployError. At 100 the
+    canary share is dropped: the new revision is rolled out."""
+    isvcs = _services(spec.namespace, api_client, kubeconfig)
+    where = f"{spec.namespace}/{spec.name}"
+    for share in spec.canary_steps:
+        current = isvcs.get(spec.name)
+        if current is None:
+            raise DeployError(f"InferenceService {where} is gone while its canary ramped up")
+        body = _replaced(current, current["spec"], (current.get("metadata") or {}).get("labels"),
+                         (current.get("metadata") or {}).get("annotations"))
+        predictor = body["spec"].setdefault("predictor", {})
+        if share >= 100:
+            predictor.pop("canaryTrafficPercent", None)
+        else:
+            predictor["canaryTrafficPercent"] = share
+        try:
+            generation = isvcs.replace(body)["metadata"].get("generation")
+            ready = _wait(isvcs, spec.name, generation, spec.timeout_s, POLL_S if poll_s is None else poll_s, log)
+            url, host = resolve_endpoint(ready.get("status") or {}, ingress_host, ingress_port)
+            log(f"canary at {share}% of traffic: checking {where}")
+            check(url, host)
+        except (Exception, KeyboardInterrupt) as exc:
+            undone = _roll_back(isvcs, spec.name, previous)
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            raise DeployError(f"the canary failed at {share}% of traffic ({exc}); {undone}") from None
+    return f"rolled out: the new model has 100% of traffic ({' -> '.join(f'{s}%' for s in spec.canary_steps)})"
 
 
 def roll_back(name: str, namespace: str, previous: dict | None, api_client=None, kubeconfig=None) -> str:

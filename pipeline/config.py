@@ -242,7 +242,8 @@ class DeployConfig(_Section):
     max_replicas: int
     scale_metric: Literal["concurrency", "rps", "cpu", "memory"]
     scale_target: int
-    canary_percent: Optional[int]
+    mode: Literal["auto", "serverless", "raw"]
+    canary_steps: list[int]
     timeout_s: int
     ingress_host: Optional[str]
     ingress_port: Optional[int]
@@ -262,7 +263,11 @@ class DeployConfig(_Section):
             if _quantity(self, request) > _quantity(self, limit):
                 raise ConfigError(f"deploy.{request} ({getattr(self, request)}) must not exceed "
                                   f"deploy.{limit} ({getattr(self, limit)})")
-        _between(self, "canary_percent", 0, 100)
+        steps = self.canary_steps
+        if steps and (any(not isinstance(s, int) or not 1 <= s <= 100 for s in steps) or steps != sorted(set(steps))
+                      or steps[-1] != 100):
+            raise ConfigError(f"deploy.canary_steps: expected rising whole percentages from 1 to 100 that end at 100 "
+                              f"(e.g. [10, 100]), or [] for no canary; got {steps!r}")
         _between(self, "min_replicas", 0, 1000)
         _between(self, "max_replicas", 1, 1000)
         _ordered(self, "min_replicas", "max_replicas")
@@ -465,7 +470,8 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
 
 
 # settings that moved to another section: a file that still has one is told where it went
-MOVED = {"evaluate.plate_score": "model.plate_score", "evaluate.char_score": "model.char_score"}
+MOVED = {"evaluate.plate_score": "model.plate_score", "evaluate.char_score": "model.char_score",
+         "deploy.canary_percent": "deploy.canary_steps (the canary's shares of traffic, e.g. [10, 100])"}
 
 
 def _build(cls: type, raw: Any, path: str) -> Any:

@@ -260,10 +260,14 @@ def deploy(config: str, storage_uri: str, target: str) -> dict:
     from platepipe.components import deploy as dep
 
     done = dep.deploy(cfg.deploy, storage_uri, ingress_host=cfg.deploy.ingress_host, ingress_port=cfg.deploy.ingress_port)
-    rollback = {"name": done.name, "namespace": done.namespace, "previous": done.previous}
+    rollback = {"name": done.name, "namespace": done.namespace, "previous": done.previous, "canary": done.canary}
+    how = ("a canary at 0% of traffic, its own URL" if done.canary else
+           "replaced; RawDeployment has no canary: a failed smoke test rolls it back" if done.mode == "RawDeployment"
+           else "created" if done.created else "replaced")
     return _report("deploy", {"url": done.url, "host": done.host, "model_name": cfg.serving.model_name,
-                              "rollback": json.dumps(rollback),
-                              "line": f"{done.url} (Host: {done.host}) InferenceService {done.namespace}/{done.name}"})
+                              "rollback": json.dumps(rollback), "mode": done.mode, "canary": done.canary,
+                              "line": f"{done.url} (Host: {done.host}) InferenceService {done.namespace}/{done.name}, "
+                                      f"{done.mode} ({how})"})
 
 
 def roll_back(rollback: str) -> str:
@@ -298,16 +302,31 @@ def smoke(config: str, url: str, host: str, rollback: str, report_html: str) -> 
         running = server.running(info["local"])
         token = running.keys.get("inference") if running and running.keys else None
     protocol = cfg.smoke.protocol or ("original" if "local" in info else cfg.deploy.protocol)
-    endpoint = client.Endpoint(url, model=cfg.serving.model_name, protocol=protocol, token=token, host=host or None)
+    def check(url: str, host: str | None, folder: Path) -> dict:
+        return smoke_test(client.Endpoint(url, model=cfg.serving.model_name, protocol=protocol, token=token,
+                                          host=host or None),
+                          folder, n_images=cfg.smoke.n_images, user_images=cfg.smoke.user_images,
+                          timeout=cfg.smoke.timeout_s)
+
     try:
-        summary = smoke_test(endpoint, out_dir, n_images=cfg.smoke.n_images, user_images=cfg.smoke.user_images,
-                             timeout=cfg.smoke.timeout_s)
+        summary = check(url, host, out_dir)
     except SmokeTestFailed as exc:
         shutil.copyfile(Path(out_dir) / "smoke.html", report_html)
         undone = roll_back(rollback)
         _report("smoke-test", {**exc.summary, "line": f"FAILED, rolled back ({undone})", "artifact": report_html})
         raise SmokeTestFailed(f"{exc}\nrolled back: {undone}", exc.summary) from None
     shutil.copyfile(Path(out_dir) / "smoke.html", report_html)
-    return _report("smoke-test", {**summary, "line": f"passed: {summary.get('plates_correct')} of "
-                                                     f"{summary.get('plates_expected')} plates read right "
-                                                     f"({protocol} protocol)", "artifact": report_html})
+    if info.get("canary"):  # passed on the canary's own URL: now move traffic to it, a smoke test at each step
+        from platepipe.components import deploy as dep
+
+        steps = iter(range(1, 1000))
+        try:
+            line = dep.ramp(cfg.deploy, info["previous"], lambda u, h: check(u, h, out_dir.with_name(
+                f"smoke-test-{next(steps)}")), ingress_host=cfg.deploy.ingress_host, ingress_port=cfg.deploy.ingress_port)
+        except dep.DeployError as exc:  # ramp put the serving model back itself
+            _report("smoke-test", {**summary, "passed": False, "line": f"FAILED: {exc}", "artifact": report_html})
+            raise SmokeTestFailed(str(exc), summary) from None
+        summary = {**summary, "canary": line}
+    line = (f"passed: {summary.get('plates_correct')} of {summary.get('plates_expected')} plates read right "
+            f"({protocol} protocol)" + (f"; {summary['canary']}" if summary.get("canary") else ""))
+    return _report("smoke-test", {**summary, "line": line, "artifact": report_html})

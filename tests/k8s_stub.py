@@ -180,8 +180,10 @@ class K8sStub:
         self.user = user
         self.forbidden = False
         self.kserve_installed = True
+        self.knative = True  # Knative Serving installed: KServe's Serverless mode is the default
         self.conflicts = 0
         self.objects: dict[tuple[str, str], dict] = {}
+        self.revisions: dict[tuple[str, str], tuple] = {}  # (namespace, name) -> (template, revision, previous)
         self.runtimes: dict[tuple[str, str, str], dict] = {}
         self.denied: set[tuple[str, str]] = set()           # (verb, resource) a SelfSubjectAccessReview refuses
         self.nodes: dict[str, int] = {"cpu-node": 0, "gpu-node": 1}
@@ -310,24 +312,40 @@ class K8sStub:
                                        "lastFailureInfo": {"reason": "ModelLoadFailed", "message": script.message}}})
         return status
 
+    def _mode(self, obj: dict) -> str:
+        said = (obj["metadata"].get("annotations") or {}).get("serving.kserve.io/deploymentMode")
+        return said or ("Serverless" if self.knative else "RawDeployment")
+
     def _ready_status(self, obj: dict) -> dict:
         meta, generation = obj["metadata"], obj["metadata"]["generation"]
         name, ns = meta["name"], meta["namespace"]
-        revision = f"{name}-predictor-{generation:05d}"
-        old = ((obj.get("status") or {}).get("components") or {}).get("predictor") or {}
-        canary = obj["spec"].get("predictor", {}).get("canaryTrafficPercent")
-        previous = old.get("latestReadyRevision")
-        if canary is not None and previous and previous != revision:
+        predictor = obj["spec"].get("predictor", {})
+        # as Knative does: a new revision only when the template changes, not for a change of traffic alone
+        template = json.dumps({k: v for k, v in predictor.items() if k != "canaryTrafficPercent"}, sort_keys=True)
+        kept_template, revision, previous = self.revisions.get((ns, name), (None, None, None))
+        if template != kept_template:
+            previous, revision = revision, f"{name}-predictor-{generation:05d}"
+            self.revisions[(ns, name)] = (template, revision, previous)
+        canary = predictor.get("canaryTrafficPercent")
+        tags = (meta.get("annotations") or {}).get("serving.kserve.io/enable-tag-routing") == "true" and \
+            self._mode(obj) == "Serverless"
+        if canary is not None and previous:
             traffic = [{"revisionName": revision, "percent": canary, "latestRevision": True, "tag": "latest"},
                        {"revisionName": previous, "percent": 100 - canary, "latestRevision": False, "tag": "prev"}]
         else:
             traffic = [{"revisionName": revision, "percent": 100, "latestRevision": True}]
+            if tags:
+                traffic[0]["tag"] = "latest"
+        if tags:
+            for entry in traffic:
+                if entry.get("tag"):
+                    entry["url"] = f"http://{entry['tag']}-{name}-predictor.{ns}.example.com"
         url = f"http://{name}.{ns}.example.com"
         return {
             "observedGeneration": generation,
             "url": url,
             "address": {"url": f"http://{name}.{ns}.svc.cluster.local"},
-            "deploymentMode": "Serverless",
+            "deploymentMode": self._mode(obj),
             "conditions": [_condition("IngressReady", "True"), _condition("PredictorConfigurationReady", "True"),
                            _condition("PredictorReady", "True"), _condition("PredictorRouteReady", "True"),
                            _condition("Ready", "True")],
@@ -424,6 +442,10 @@ class _Handler(BaseHTTPRequestHandler):
             groups = [{"name": GROUP, "versions": [{"groupVersion": f"{GROUP}/{v}", "version": v}
                                                    for v in ("v1beta1", "v1alpha1")],
                        "preferredVersion": {"groupVersion": f"{GROUP}/v1beta1", "version": "v1beta1"}}] if kserve else []
+            if stub.knative:
+                groups.append({"name": "serving.knative.dev", "versions": [
+                    {"groupVersion": "serving.knative.dev/v1", "version": "v1"}],
+                    "preferredVersion": {"groupVersion": "serving.knative.dev/v1", "version": "v1"}})
             return 200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
         found = re.match(rf"^/apis/{re.escape(GROUP)}/(v1beta1|v1alpha1)/?$", path)
         if method == "GET" and found:

@@ -48,8 +48,9 @@ DOCUMENTED = {
     "deploy.name": "platepipe", "deploy.namespace": "kubeflow-user", "deploy.protocol": "v1", "deploy.image": None,
     "deploy.runtime": "platepipe-torchserve", "deploy.runtime_kind": "ServingRuntime", "deploy.manage_runtime": True,
     "deploy.service_account": None, "deploy.gpu": 1, "deploy.cpu_request": "1", "deploy.cpu_limit": "4",
-    "deploy.memory_request": "4Gi", "deploy.memory_limit": "8Gi", "deploy.canary_percent": None,
+    "deploy.memory_request": "4Gi", "deploy.memory_limit": "8Gi",
     "deploy.min_replicas": 1, "deploy.max_replicas": 2, "deploy.scale_metric": "concurrency", "deploy.scale_target": 4,
+    "deploy.mode": "auto", "deploy.canary_steps": [10, 100],
     "deploy.timeout_s": 600, "deploy.ingress_host": None, "deploy.ingress_port": None,
     "smoke.n_images": 8, "smoke.protocol": None, "smoke.user_images": None, "smoke.timeout_s": 60,
     "kfp.host": None, "kfp.image": "platepipe:latest", "kfp.experiment": "platepipe",
@@ -144,7 +145,7 @@ def test_str_path_is_accepted(tmp_path):
     ("model.pretrained=gs://b/m/pipeline.pth", "model.pretrained", "gs://b/m/pipeline.pth"),
     ("model.preset=full", "model.preset", "full"),
     ("deploy.cpu_limit=4", "deploy.cpu_limit", "4"),     # a number is accepted where a string is expected
-    ("deploy.canary_percent=10", "deploy.canary_percent", 10),
+    ("deploy.canary_steps=[25, 100]", "deploy.canary_steps", [25, 100]),
     ("smoke.protocol=v2", "smoke.protocol", "v2"),
     ("gcs.version='null'", "gcs.version", "null"),       # quoted: the string, not None
     ("data.source = /data/plates", "data.source", "/data/plates"),  # spaces around '=' are fine
@@ -191,7 +192,10 @@ def test_overrides_do_not_leak_between_loads():
     ("deploy.ingress_port=0", "deploy.ingress_port: must be between 1 and 65535, got 0"),
     ("data.split_train=0.9", "data.split_train + split_val + split_test must be 1, got 1.1"),
     ("data.split_val=-0.1", "data.split_val: must be between 0.0 and 1.0, got -0.1"),
-    ("deploy.canary_percent=140", "deploy.canary_percent: must be between 0 and 100, got 140"),
+    ("deploy.canary_steps=[50, 140]", "deploy.canary_steps: expected rising whole percentages from 1 to 100"),
+    ("deploy.canary_steps=[50, 20, 100]", "deploy.canary_steps: expected rising whole percentages"),
+    ("deploy.canary_steps=[10, 50]", "that end at 100"),
+    ("deploy.canary_percent=10", "deploy.canary_percent: this setting is now deploy.canary_steps"),
     ("evaluate.min_eir=1.5", "evaluate.min_eir: must be between 0.0 and 1.0, got 1.5"),
     ("data.n_images=0", "data.n_images: must be greater than 0, got 0"),
     ("smoke.n_images=-1", "smoke.n_images: must be between 0 and 10000, got -1"),
@@ -286,7 +290,7 @@ def test_dump_and_load_round_trip(tmp_path):
     cfg = load_config(overrides=[
         "kfp.node_selector={pool: gpu, zone: '1'}", "gcs.bucket=my-bucket", "train.lr=1e-05",
         "kfp.tolerations=[{key: gpu, operator: Exists, effect: NoSchedule}]", "gcs.version='1e3'",
-        "deploy.canary_percent=25", "smoke.protocol=original", "model.pretrained=gs://b/pipeline.pth",
+        "deploy.canary_steps=[25, 100]", "smoke.protocol=original", "model.pretrained=gs://b/pipeline.pth",
         "gcs.prefix='007'", "deploy.ingress_host=localhost", "train.time_budget_min=90",
     ])
     text = dump_config(cfg)

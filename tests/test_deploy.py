@@ -111,11 +111,11 @@ VARIANTS = {
     "defaults (v1, 1 GPU)": {},
     "v2 on CPU": {"protocol": "v2", "gpu": 0},
     "two GPUs": {"gpu": 2},
-    "canary 10%": {"canary_percent": 10},
-    "canary 0%": {"canary_percent": 0},
+    "no canary": {"canary_steps": []},
+    "autoscaling on CPU": {"min_replicas": 0, "max_replicas": 5, "scale_metric": "cpu", "scale_target": 70},
     "image override": {"image": "europe-docker.pkg.dev/p/r/platepipe-serving:1.2"},
     "service account": {"service_account": "gcs-reader"},
-    "everything": {"protocol": "v2", "gpu": 1, "canary_percent": 25, "image": "platepipe-serving:dev",
+    "everything": {"protocol": "v2", "gpu": 1, "canary_steps": [25, 100], "image": "platepipe-serving:dev",
                    "service_account": "gcs-reader", "cpu_request": "500m", "memory_limit": "16Gi"},
 }
 
@@ -123,12 +123,13 @@ VARIANTS = {
 @pytest.mark.parametrize("changes", list(VARIANTS.values()), ids=list(VARIANTS))
 def test_every_manifest_variant_validates_against_the_crd(changes):
     s = spec(**changes)
-    m = deploy.manifest(s, URI)
+    m = deploy.manifest(s, URI, canary=0 if s.canary_steps else None)
     assert crd_errors(m) == []
     assert yaml.safe_load(deploy.to_yaml(m)) == m  # the YAML of --dry-run is the same object
     model = m["spec"]["predictor"]["model"]
     assert m["apiVersion"] == "serving.kserve.io/v1beta1" and m["kind"] == "InferenceService"
-    assert m["metadata"]["annotations"] == {"sidecar.istio.io/inject": "false"}  # the spelling that works
+    assert m["metadata"]["annotations"] == {"sidecar.istio.io/inject": "false",  # the spelling that works
+                                            **({"serving.kserve.io/enable-tag-routing": "true"} if s.canary_steps else {})}
     assert model["modelFormat"] == {"name": "platepipe", "version": "1"} and model["protocolVersion"] == s.protocol
     assert model["runtime"] == s.runtime == "platepipe-torchserve"  # ours, never KServe's TorchServe runtime
     assert model["storageUri"] == URI
@@ -140,7 +141,10 @@ def test_every_manifest_variant_validates_against_the_crd(changes):
         assert "nvidia.com/gpu" not in res["limits"] and "nvidia.com/gpu" not in res["requests"]
     assert "image" not in model  # the runtime carries the image
     assert m["spec"]["predictor"].get("serviceAccountName") == s.service_account
-    assert m["spec"]["predictor"].get("canaryTrafficPercent") == s.canary_percent
+    assert m["spec"]["predictor"].get("canaryTrafficPercent") == (0 if s.canary_steps else None)
+    predictor = m["spec"]["predictor"]
+    assert (predictor["minReplicas"], predictor["maxReplicas"], predictor["scaleMetric"], predictor["scaleTarget"]) == \
+        (s.min_replicas, s.max_replicas, s.scale_metric, s.scale_target)
 
 
 def test_the_validator_catches_bad_manifests():
@@ -194,14 +198,85 @@ def test_the_schema_is_the_real_crd_and_its_extensions_are_ignored():
 def test_the_stub_controller_writes_status_the_crd_accepts(tmp_path):
     with K8sStub(controller=ready(after_gets=2)) as stub:
         client = deploy.api_client(stub.kubeconfig(tmp_path / "kc"))
-        deploy.deploy(spec(canary_percent=20), URI, api_client=client, poll_s=0.01, log=lambda _: None)
+        deploy.deploy(spec(), URI, api_client=client, poll_s=0.01, log=lambda _: None)
         isvc = stub.get(NS, "platepipe")
         assert crd_errors(isvc) == []
+        deploy.deploy(spec(), URI2, api_client=client, poll_s=0.01, log=lambda _: None)  # the canary's status
+        isvc = stub.get(NS, "platepipe")
+        assert crd_errors(isvc) == [] and isvc["spec"]["predictor"]["canaryTrafficPercent"] == 0
+        deploy.deploy(spec(canary_steps=[]), URI, api_client=client, poll_s=0.01, log=lambda _: None)
         stub.controller = failing()
         with pytest.raises(DeployError):
             deploy.deploy(spec(), URI2, api_client=client, poll_s=0.01, log=lambda _: None)
         failed = [body for method, _, _, body in stub.calls("PUT")][0]
         assert crd_errors(failed) == []
+
+def test_a_new_model_replacing_a_serving_one_goes_out_as_a_canary(tmp_path):
+    """Serverless: the new revision comes up at 0% of traffic on its own tagged URL; ramp moves traffic in
+    deploy.canary_steps with a check at each, and at 100 drops the canary share (rolled out)."""
+    with K8sStub() as stub:
+        client = deploy.api_client(stub.kubeconfig(tmp_path / "kc"))
+        first = deploy.deploy(spec(), URI, api_client=client, poll_s=0.01, log=lambda _: None)
+        assert first.created and not first.canary and first.mode == "Serverless"  # nothing to split traffic with
+        second = deploy.deploy(spec(), URI2, api_client=client, poll_s=0.01, log=lambda _: None)
+        assert second.canary and second.host == f"latest-platepipe-predictor.{NS}.example.com"
+        traffic = stub.get(NS, "platepipe")["status"]["components"]["predictor"]["traffic"]
+        assert sorted((t["tag"], t["percent"]) for t in traffic) == [("latest", 0), ("prev", 100)]
+        shown = deploy.format_status(stub.get(NS, "platepipe"))
+        assert "0% to platepipe-predictor-00002 (latest)" in shown and "100% to platepipe-predictor-00001 (prev)" in shown
+        checked = []
+        line = deploy.ramp(spec(), second.previous, lambda url, host: checked.append((host, _shares(stub))),
+                           api_client=client, poll_s=0.01, log=lambda _: None)
+        assert checked == [(f"platepipe.{NS}.example.com", {"latest": 10, "prev": 90}),
+                           (f"platepipe.{NS}.example.com", {"latest": 100})]
+        isvc = stub.get(NS, "platepipe")
+        assert "canaryTrafficPercent" not in isvc["spec"]["predictor"] and line.startswith("rolled out")
+        assert isvc["spec"]["predictor"]["model"]["storageUri"] == URI2
+
+
+def test_a_canary_that_fails_a_check_gives_the_serving_model_its_traffic_back(tmp_path):
+    with K8sStub() as stub:
+        client = deploy.api_client(stub.kubeconfig(tmp_path / "kc"))
+        deploy.deploy(spec(), URI, api_client=client, poll_s=0.01, log=lambda _: None)
+        canary = deploy.deploy(spec(), URI2, api_client=client, poll_s=0.01, log=lambda _: None)
+
+        def check(url, host):
+            if _shares(stub).get("latest") == 10:
+                raise RuntimeError("2 of 8 plates read wrong")
+
+        with pytest.raises(DeployError, match=r"the canary failed at 10% of traffic \(2 of 8 plates read wrong\); "
+                                              r"restored the previous spec"):
+            deploy.ramp(spec(), canary.previous, check, api_client=client, poll_s=0.01, log=lambda _: None)
+        isvc = stub.get(NS, "platepipe")
+        assert isvc["spec"]["predictor"]["model"]["storageUri"] == URI
+        assert "canaryTrafficPercent" not in isvc["spec"]["predictor"]
+
+
+def test_raw_deployment_replaces_without_a_canary_and_needs_an_hpa_metric(tmp_path):
+    """No Knative in the cluster: KServe deploys RawDeployment, which has no canary; concurrency scaling is
+    Knative's, so the default scale metric is refused with the fix before anything is created."""
+    with K8sStub() as stub:
+        stub.knative = False
+        client = deploy.api_client(stub.kubeconfig(tmp_path / "kc"))
+        with pytest.raises(DeployError, match="RawDeployment mode: set deploy.scale_metric to cpu or memory"):
+            deploy.deploy(spec(), URI, api_client=client, poll_s=0.01, log=lambda _: None)
+        assert stub.calls("POST") == []
+        raw = spec(scale_metric="cpu", scale_target=70)
+        deploy.deploy(raw, URI, api_client=client, poll_s=0.01, log=lambda _: None)
+        again = deploy.deploy(raw, URI2, api_client=client, poll_s=0.01, log=lambda _: None)
+        assert again.mode == "RawDeployment" and not again.canary
+        assert "canaryTrafficPercent" not in stub.get(NS, "platepipe")["spec"]["predictor"]
+        # deploy.mode set by hand wins over what the cluster says: here it asks for a canary the cluster cannot
+        # route to, which is an error that puts the serving model back
+        with pytest.raises(DeployError, match=r"no 'latest' URL .* restored the previous spec"):
+            deploy.deploy(spec(mode="serverless", scale_metric="cpu"), URI, api_client=client, poll_s=0.01,
+                          log=lambda _: None)
+        assert stub.get(NS, "platepipe")["spec"]["predictor"]["model"]["storageUri"] == URI2
+
+
+def _shares(stub) -> dict:
+    traffic = stub.get(NS, "platepipe")["status"]["components"]["predictor"]["traffic"]
+    return {t.get("tag", "latest"): t["percent"] for t in traffic}
 
 # ---------------------------------------------------------------------------------------------- the cluster
 
@@ -251,7 +326,7 @@ def test_deploy_creates_the_service_and_waits_for_ready(stub, kubeconfig, capsys
     assert methods[:2] == ["GET", "POST"] and set(methods[2:]) == {"GET"} and len(methods) >= 5
     assert all(path.startswith(f"/apis/serving.kserve.io/v1beta1/namespaces/{NS}/inferenceservices")
                for _, path, _, _ in stub.calls())
-    assert "created InferenceService ml/platepipe (generation 1)" in out
+    assert "created InferenceService ml/platepipe (generation 1, Serverless)" in out
     assert "Ready Unknown (RevisionMissing)" in out  # progress lines
     assert "is Ready (created, generation 1)" in out
     assert "URL          http://platepipe.ml.example.com" in out
@@ -266,28 +341,27 @@ def test_update_replaces_the_spec_and_waits_for_the_new_generation(stub, kubecon
     assert cli_deploy(capsys, kubeconfig, "--storage-uri", URI)[0] == 0
     first = stub.get(NS, "platepipe")
     stub.requests.clear()
-    code, out, err = cli_deploy(capsys, kubeconfig, "--storage-uri", URI2, "--protocol", "v2",
-                                "--set", "deploy.canary_percent=10")
+    code, out, err = cli_deploy(capsys, kubeconfig, "--storage-uri", URI2, "--protocol", "v2")
     assert code == 0, err
     isvc = stub.get(NS, "platepipe")
     assert isvc["metadata"]["uid"] == first["metadata"]["uid"]  # the same object, updated in place
     assert isvc["metadata"]["generation"] == 2 and isvc["status"]["observedGeneration"] == 2
     model = isvc["spec"]["predictor"]["model"]
     assert model["storageUri"] == URI2 and model["protocolVersion"] == "v2"
-    assert isvc["spec"]["predictor"]["canaryTrafficPercent"] == 10
+    assert "canaryTrafficPercent" not in isvc["spec"]["predictor"]  # `platepipe deploy` runs no smoke test: no canary
     # PUT with the resourceVersion it read, so a concurrent change would be a conflict, not overwritten
     (put,) = stub.calls("PUT")
     assert put[3]["metadata"]["resourceVersion"] and put[3]["metadata"]["uid"] == first["metadata"]["uid"]
     # the first read after the update still said Ready (generation 1): that was not taken for the new one
     gets_after_put = [c for c in stub.calls()[stub.calls().index(put) + 1:] if c[0] == "GET"]
     assert len(gets_after_put) >= 3
-    assert "updated InferenceService ml/platepipe (generation 2)" in out
+    assert "updated InferenceService ml/platepipe (generation 2, Serverless)" in out
     assert "waiting for the controller to pick up generation 2" in out
     traffic = isvc["status"]["components"]["predictor"]["traffic"]
-    assert [t["percent"] for t in traffic] == [10, 90]
+    assert [t["percent"] for t in traffic] == [100]
     code, out, _ = cli_deploy(capsys, kubeconfig, "--status")
     assert code == 0
-    assert "10% to platepipe-predictor-00002 (latest)" in out and "90% to platepipe-predictor-00001 (prev)" in out
+    assert "100% to platepipe-predictor-00002 (latest)" in out
 
 
 def test_an_update_that_meets_a_concurrent_change_reads_again_and_retries(stub, kubeconfig, capsys):
@@ -527,9 +601,10 @@ def test_the_stub_speaks_patch_as_the_real_client_sends_it(stub, kubeconfig, cap
     api = k8s.CustomObjectsApi(deploy.api_client(kubeconfig))
     args = ("serving.kserve.io", "v1beta1", NS, "inferenceservices", "platepipe")
     out = api.patch_namespaced_custom_object(*args, {"metadata": {"annotations": {"team": "vision"}},
-                                                     "spec": {"predictor": {"minReplicas": 1}}})
+                                                     "spec": {"predictor": {"minReplicas": 3}}})
     assert stub.calls("PATCH")[-1][2] == "application/merge-patch+json"
-    assert out["metadata"]["annotations"] == {"sidecar.istio.io/inject": "false", "team": "vision"}
+    assert out["metadata"]["annotations"] == {"sidecar.istio.io/inject": "false", "team": "vision",
+                                              "serving.kserve.io/enable-tag-routing": "true"}
     assert out["metadata"]["generation"] == 2 and out["spec"]["predictor"]["model"]["storageUri"] == URI
 
     def patch(body, content_type):  # CustomObjectsApi only sends merge patches; other kinds go through call_api

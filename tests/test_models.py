@@ -78,6 +78,11 @@ def test_versions_carry_their_card_and_promote_goes_through_the_smoke_test(tiny_
             assert code == 0, out + err
             assert "v2 serves now" in out and (tmp_path / "promote" / "smoke.html").is_file()
             assert stub.get("ml", "platepipe")["spec"]["predictor"]["model"]["storageUri"] == v2
+            # a model served already: v2 went out as a canary, smoke-tested at 0% (its own URL), 10% and 100%
+            shares = [body["spec"]["predictor"].get("canaryTrafficPercent") for method, _, _, body in stub.calls("PUT")
+                      if body["spec"]["predictor"]["model"]["storageUri"] == v2]
+            assert shares == [0, 10, None], shares
+            assert "rolled out: the new model has 100% of traffic (10% -> 100%)" in out
             code, out, _ = cli(capsys, "models", *where)
             assert [line.split()[0] for line in out.splitlines() if line.endswith("<- serving")] == ["v2"]
 

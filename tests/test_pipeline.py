@@ -138,7 +138,7 @@ def test_changing_smoke_or_deploy_settings_keeps_the_cached_steps_inputs(tmp_pat
     assert steps["settings-step"]["inputs"]["parameters"]["config"]["componentInputParameter"] == "config"
     base = tasks.settings(dump_config(load_config()))
     changed = tasks.settings(dump_config(load_config(None, [
-        "smoke.n_images=3", "deploy.namespace=other", "deploy.canary_percent=10", "serving.batch_size=8",
+        "smoke.n_images=3", "deploy.namespace=other", "deploy.canary_steps=[50, 100]", "serving.batch_size=8",
         "gcs.bucket=elsewhere", "evaluate.min_eir=0.5"])))
     assert changed["data"] == base["data"] and changed["train"] == base["train"]
     assert changed["smoke"] != base["smoke"] and changed["deploy"] != base["deploy"]

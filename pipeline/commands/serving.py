@@ -200,6 +200,8 @@ def cmd_promote(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     smoke = tasks.smoke(config, result["url"], result["host"], result["rollback"], str(out / "smoke.html"))
     print(f"smoke test {smoke['line']}; report: {out / 'smoke.html'}")
+    if smoke.get("canary"):
+        print(smoke["canary"])
     print(f"{args.version} serves now")
     return 0
 
@@ -302,7 +304,10 @@ def cmd_deploy(args: argparse.Namespace) -> int:
             docs.insert(0, runtime_manifest(spec))
         sys.stdout.write("---\n".join(deploy.to_yaml(doc) for doc in docs))
         return 0
-    result = deploy.deploy(spec, args.storage_uri, kubeconfig=args.kubeconfig, ingress_host=d.ingress_host, ingress_port=d.ingress_port)
+    # no smoke test here, so no canary: the new model takes all the traffic once Ready (platepipe promote and the
+    # pipeline go through the canary and the smoke test)
+    result = deploy.deploy(spec, args.storage_uri, kubeconfig=args.kubeconfig, ingress_host=d.ingress_host,
+                           ingress_port=d.ingress_port, canary=False)
     print(f"InferenceService {namespace}/{name} is Ready ({'created' if result.created else 'updated'}, "
           f"generation {result.generation})")
     print(f"  URL          {result.url}")
