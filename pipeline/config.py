@@ -306,11 +306,12 @@ class KfpConfig(_Section):
     pvc: Optional[str]
     gcs_secret: Optional[str]
     retries: int
+    service_account: Optional[str]
     caching: bool
 
     def check(self) -> None:
         for name in ("host", "image", "experiment", "pipeline_name", "gpu_type", "accelerator_type", "pvc",
-                     "gcs_secret"):
+                     "gcs_secret", "service_account"):
             _not_empty(self, name)
         for i, toleration in enumerate(self.tolerations):
             path = f"kfp.tolerations[{i}]"

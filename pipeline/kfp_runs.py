@@ -122,7 +122,7 @@ def experiment_id(kfp: Kfp, name: str, create: bool = True) -> tuple[Optional[st
 
 def submit(kfp: Kfp, source: Source, params: Optional[Mapping[str, Any]] = None, experiment: str = "Default",
            run_name: Optional[str] = None, wait: bool = False, timeout_s: float = DEFAULT_TIMEOUT_S,
-           poll_s: float = 10.0, enable_caching: Optional[bool] = None,
+           poll_s: float = 10.0, enable_caching: Optional[bool] = None, service_account: Optional[str] = None,
            echo: Callable[[str], None] = _log.info) -> dict:
     """Start a run of SOURCE with PARAMS in EXPERIMENT (created if missing); with WAIT, follow it until it
     ends (or TIMEOUT_S passes: KfpError). Returns run_id, url, experiment_id, parameters (and state)."""
@@ -133,7 +133,8 @@ def submit(kfp: Kfp, source: Source, params: Optional[Mapping[str, Any]] = None,
         echo(f"created experiment '{experiment}'")
     name = run_name or f"{_pipeline_name(source)} {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S}"
     run = _call(kfp, f"starting run '{name}'", kfp.client.run_pipeline, experiment_id=exp_id, job_name=name,
-                params=values, enable_caching=enable_caching, **_source_kwargs(source))
+                params=values, enable_caching=enable_caching, service_account=service_account,
+                **_source_kwargs(source))
     result = {"run_id": run.run_id, "name": name, "url": kfp.link(f"runs/details/{run.run_id}"),
               "experiment_id": exp_id, "experiment": experiment, "parameters": values}
     if wait:

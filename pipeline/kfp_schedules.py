@@ -82,7 +82,8 @@ def check_max_concurrency(n: int) -> int:
 
 def schedule(kfp: Kfp, source: Source, cron: str, experiment: str, name: str,
              params: Optional[Mapping[str, Any]] = None, max_concurrency: int = 1, no_catchup: bool = False,
-             enable_caching: Optional[bool] = None, description: Optional[str] = None) -> dict:
+             enable_caching: Optional[bool] = None, description: Optional[str] = None,
+             service_account: Optional[str] = None) -> dict:
     """Create the recurring run NAME of SOURCE on CRON (5 or 6 fields, see kfp_cron) in EXPERIMENT (created
     if missing). A recurring run of the same name already in the experiment is an error."""
     cron6 = kfp_cron(cron)
@@ -96,7 +97,7 @@ def schedule(kfp: Kfp, source: Source, cron: str, experiment: str, name: str,
     made = _call(kfp, f"creating recurring run '{name}'", kfp.client.create_recurring_run, experiment_id=exp_id,
                  job_name=name, description=description, cron_expression=cron6,
                  max_concurrency=int(max_concurrency), no_catchup=bool(no_catchup), params=values,
-                 enable_caching=enable_caching, **_source_kwargs(source))
+                 enable_caching=enable_caching, service_account=service_account, **_source_kwargs(source))
     return {"recurring_run_id": made.recurring_run_id, "name": name, "cron": cron6, "experiment_id": exp_id,
             "experiment": experiment, "parameters": values, "max_concurrency": int(max_concurrency),
             "no_catchup": bool(no_catchup), "url": kfp.link(f"recurringrun/details/{made.recurring_run_id}")}

@@ -55,7 +55,7 @@ DOCUMENTED = {
     "smoke.n_images": 8, "smoke.protocol": None, "smoke.user_images": None, "smoke.timeout_s": 60,
     "kfp.host": None, "kfp.image": "platepipe:latest", "kfp.experiment": "platepipe",
     "kfp.pipeline_name": "platepipe", "kfp.gpu_type": "nvidia.com/gpu", "kfp.accelerator_type": None,
-    "kfp.node_selector": {}, "kfp.tolerations": [], "kfp.pvc": None, "kfp.gcs_secret": None, "kfp.retries": 2,
+    "kfp.node_selector": {}, "kfp.tolerations": [], "kfp.pvc": None, "kfp.gcs_secret": None, "kfp.retries": 2, "kfp.service_account": None,
     "kfp.caching": True,
 }
 

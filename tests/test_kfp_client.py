@@ -399,8 +399,22 @@ def test_schedule_an_uploaded_version_by_its_ids(stub, package, capsys):
     assert "pipeline_spec" not in body
     assert body["trigger"]["cron_schedule"]["cron"] == "@daily" and body["max_concurrency"] == 1
     assert body["no_catchup"] is False and body["display_name"] == "daily"
+    assert body.get("service_account") in (None, "")  # the profile's default
     assert next(iter(stub.experiments.values()))["display_name"] == "sched"
     assert "(KFP's 6-field form" not in out
+
+
+def test_runs_and_schedules_take_the_service_account(stub, package, capsys):
+    kfp = connect(stub.url)
+    kfp_client.upload_pipeline(kfp, package, "platepipe", version="v1")
+    code, _, err = run_cli(capsys, "schedule", "--host", stub.url, "--pipeline-version", "v1", "--cron", "@weekly",
+                           "--name", "weekly", "--param", "bucket=b", "--service-account", "pipeline-runner")
+    assert code == 0, err
+    assert only(stub.calls("POST", "/recurringruns"))["json"]["service_account"] == "pipeline-runner"
+    code, _, err = run_cli(capsys, "submit", "--host", stub.url, "--pipeline-version", "v1", "--param", "bucket=b",
+                           "--set", "kfp.service_account=trainer")
+    assert code == 0, err
+    assert only(stub.calls("POST", "/runs"))["json"]["service_account"] == "trainer"
 
 
 def test_schedule_checks_what_it_can_before_connecting(package, capsys, dead_url):

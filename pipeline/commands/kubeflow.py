@@ -101,6 +101,8 @@ def _run_args(parser: argparse.ArgumentParser) -> None:
                         help="pipeline parameter, read as its type (repeatable), e.g. --param min_eir=0.9")
     parser.add_argument("--experiment", metavar="NAME", help="experiment (default: kfp.experiment; created if missing)")
     parser.add_argument("--no-cache", action="store_true", help="run every step again, ignoring cached results")
+    parser.add_argument("--service-account", metavar="NAME", help="Kubernetes service account the run's pods use "
+                        "(default: kfp.service_account, else the profile's default)")
 
 
 @contextlib.contextmanager
@@ -174,6 +176,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     with _run_source(args, cfg) as (source, params, kfp):
         out = kfp_client.submit(kfp, source, params, experiment=experiment, run_name=args.run_name,
                                 enable_caching=False if args.no_cache else None, wait=args.wait,
+                                service_account=args.service_account or cfg.kfp.service_account,
                                 timeout_s=args.timeout, poll_s=args.poll, echo=lambda line: print(line, flush=True))
     print(f"started run '{out['name']}' (id {out['run_id']}) in experiment '{experiment}': {out['url']}")
     if not args.wait:
@@ -215,7 +218,8 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     with _run_source(args, cfg) as (source, params, kfp):
         out = kfp_client.schedule(kfp, source, cron, experiment=experiment, name=name, params=params,
                                   max_concurrency=args.max_concurrency, no_catchup=args.no_catchup,
-                                  enable_caching=False if args.no_cache else None)
+                                  enable_caching=False if args.no_cache else None,
+                                  service_account=args.service_account or cfg.kfp.service_account)
     given = " ".join(args.cron.split())
     form = f" (KFP's 6-field form of '{given}')" if given != out["cron"] else ""
     print(f"scheduled '{out['name']}' in experiment '{experiment}': cron '{out['cron']}'{form}, at most "
