@@ -11,8 +11,9 @@ never overwritten (if_generation_match=0, and a version folder that holds anythi
 force=True, which first removes the manifest so the version reads incomplete until the new one is whole.
 
 Every object is checked after upload: its stored size, crc32c and md5 against the local file. Transient
-errors (429, 5xx, dropped connections, checksum mismatches) are retried here with exponential backoff;
-google-cloud-storage's own retry is switched off (retry=None) so there is one retry policy, this one.
+errors (429, 5xx, dropped connections, checksum mismatches) are retried by google-api-core's Retry (exponential
+backoff with jitter) around each write-and-verify, so that a mismatch found by reading the object back is
+retried too; the calls inside pass retry=None, so that one policy, with one attempt count, decides.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import io
 import json
 import logging
 import os
-import random
 import re
 import socket
 import time
@@ -185,22 +185,32 @@ def _transient(exc: BaseException) -> bool:
 
 @dataclass
 class _Retry:
+    """google-api-core's Retry (exponential backoff with jitter) around one step of an upload: an object written,
+    then read back and compared, so that a checksum mismatch is retried like a dropped connection. At most
+    `tries` attempts; each retry is said through progress."""
+
     tries: int = TRIES
     backoff_s: float = BACKOFF_S
     progress: Progress = _log.info
 
     def __call__(self, what: str, fn: Callable[[int], object]):
-        """fn(attempt) until it returns; transient errors are retried with exponential backoff."""
-        for attempt in range(1, self.tries + 1):
-            try:
-                return fn(attempt)
-            except Exception as exc:  # noqa: BLE001 - sorted by _transient
-                if not _transient(exc) or attempt == self.tries:
-                    raise
-                wait = min(self.backoff_s * 2 ** (attempt - 1), MAX_BACKOFF_S) * random.uniform(0.5, 1.0)
-                self.progress(f"  {what}: {_short(exc)}; retrying in {wait:.1f} s "
-                              f"(attempt {attempt + 1} of {self.tries})")
-                time.sleep(wait)
+        """fn(attempt) until it returns; transient errors (_transient) are retried."""
+        from google.api_core.retry import Retry
+
+        attempt = 0
+
+        def once():
+            nonlocal attempt
+            attempt += 1
+            return fn(attempt)
+
+        def on_error(exc: Exception) -> None:
+            if attempt >= self.tries:
+                raise exc
+            self.progress(f"  {what}: {_short(exc)}; retrying (attempt {attempt + 1} of {self.tries})")
+
+        return Retry(predicate=_transient, initial=self.backoff_s, maximum=MAX_BACKOFF_S, multiplier=2.0,
+                     timeout=None, on_error=on_error)(once)()
 
 
 def _short(exc: BaseException) -> str:

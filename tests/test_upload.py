@@ -390,7 +390,7 @@ def test_transient_failures_are_retried(bucket, proxy, tmp_path, action):
     # our retry did it: google-cloud-storage's own is off, so every retried request went through the proxy again
     assert p.count(action) == 2
     assert p.count(None) == 4  # the claim and three objects, each arriving once it got through
-    assert sum("retrying in" in line for line in lines) == 2
+    assert sum("retrying (attempt" in line for line in lines) == 2
     stored = {b.name: b for b in bucket.list_blobs("models", prefix="pp/v1/")}
     mar = (layout / "model-store" / "pipeline.mar").read_bytes()
     assert stored["pp/v1/model-store/pipeline.mar"].md5_hash == base64.b64encode(hashlib.md5(mar).digest()).decode()
