@@ -6,7 +6,7 @@ from typing import Any, Mapping, Optional
 
 
 from platepipe.pipeline.kfp_connection import Kfp, KfpError, _call, _name_filter
-from platepipe.pipeline.kfp_packages import Source, _source, _source_kwargs, check_params
+from platepipe.pipeline.kfp_packages import PipelineVersion, Source, _source, _source_kwargs, check_params
 from platepipe.pipeline.kfp_runs import experiment_id
 
 
@@ -83,9 +83,10 @@ def check_max_concurrency(n: int) -> int:
 def schedule(kfp: Kfp, source: Source, cron: str, experiment: str, name: str,
              params: Optional[Mapping[str, Any]] = None, max_concurrency: int = 1, no_catchup: bool = False,
              enable_caching: Optional[bool] = None, description: Optional[str] = None,
-             service_account: Optional[str] = None) -> dict:
+             service_account: Optional[str] = None, follow_latest: bool = False) -> dict:
     """Create the recurring run NAME of SOURCE on CRON (5 or 6 fields, see kfp_cron) in EXPERIMENT (created
-    if missing). A recurring run of the same name already in the experiment is an error."""
+    if missing). A recurring run of the same name already in the experiment is an error. follow_latest (SOURCE an
+    uploaded PipelineVersion): each run takes the pipeline's latest version, where the server allows it."""
     cron6 = kfp_cron(cron)
     check_max_concurrency(max_concurrency)
     source = _source(source)
@@ -94,6 +95,9 @@ def schedule(kfp: Kfp, source: Source, cron: str, experiment: str, name: str,
     if _recurring_runs(kfp, exp_id, name):
         raise KfpError(f"experiment '{experiment}' already has a recurring run named '{name}': choose another "
                        f"--name, or remove it first with platepipe schedule --delete '{name}'")
+    if follow_latest:
+        return _follow_latest(kfp, source, name, description, cron6, max_concurrency, no_catchup, values, exp_id,
+                              experiment, service_account)
     made = _call(kfp, f"creating recurring run '{name}'", kfp.client.create_recurring_run, experiment_id=exp_id,
                  job_name=name, description=description, cron_expression=cron6,
                  max_concurrency=int(max_concurrency), no_catchup=bool(no_catchup), params=values,
@@ -101,6 +105,36 @@ def schedule(kfp: Kfp, source: Source, cron: str, experiment: str, name: str,
     return {"recurring_run_id": made.recurring_run_id, "name": name, "cron": cron6, "experiment_id": exp_id,
             "experiment": experiment, "parameters": values, "max_concurrency": int(max_concurrency),
             "no_catchup": bool(no_catchup), "url": kfp.link(f"recurringrun/details/{made.recurring_run_id}")}
+
+
+def _follow_latest(kfp: Kfp, source: Any, name: str, description: Optional[str], cron6: str, max_concurrency: int,
+                   no_catchup: bool, values: dict, exp_id: str, experiment: str,
+                   service_account: Optional[str]) -> dict:
+    """The recurring run names only the pipeline, not a version: KFP 2 servers then run its latest version each
+    time (kfp.Client always pins one, so the request goes through the client's public generated API)."""
+    import kfp_server_api
+
+    if not isinstance(source, PipelineVersion):
+        raise KfpError("--follow-latest needs an uploaded pipeline (platepipe upload-pipeline), not a package: "
+                       "add --pipeline-version latest")
+    body = kfp_server_api.V2beta1RecurringRun(
+        display_name=name, description=description, experiment_id=exp_id, mode="ENABLE",
+        pipeline_version_reference=kfp_server_api.V2beta1PipelineVersionReference(pipeline_id=source.pipeline_id),
+        runtime_config=kfp_server_api.V2beta1RuntimeConfig(parameters=values),
+        trigger=kfp_server_api.V2beta1Trigger(cron_schedule=kfp_server_api.V2beta1CronSchedule(cron=cron6)),
+        max_concurrency=str(int(max_concurrency)), no_catchup=bool(no_catchup), service_account=service_account)
+    made = _call(kfp, f"creating recurring run '{name}' on the latest version of '{source.pipeline_name}'",
+                 kfp.client.recurring_runs.recurring_run_service_create_recurring_run, recurring_run=body,
+                 conflict="choose another --name")
+    ref = made.pipeline_version_reference
+    if ref is not None and ref.pipeline_version_id:  # the server pinned a version: it does not follow
+        _call(kfp, "removing it again", kfp.client.delete_recurring_run, made.recurring_run_id)
+        raise KfpError(f"this KFP server pins recurring runs to one version (it chose {ref.pipeline_version_id}): "
+                       f"schedule without --follow-latest, and schedule again after each upload-pipeline")
+    return {"recurring_run_id": made.recurring_run_id, "name": name, "cron": cron6, "experiment_id": exp_id,
+            "experiment": experiment, "parameters": values, "max_concurrency": int(max_concurrency),
+            "no_catchup": bool(no_catchup), "follows": source.pipeline_name,
+            "url": kfp.link(f"recurringrun/details/{made.recurring_run_id}")}
 
 
 def _recurring_runs(kfp: Kfp, exp_id: str, name: Optional[str] = None) -> list:

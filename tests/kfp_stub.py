@@ -63,6 +63,7 @@ class KfpStub:
         self.runs: dict[str, dict] = {}
         self.run_gets: dict[str, int] = {}
         self.recurring_runs: dict[str, dict] = {}
+        self.follows_latest = True  # a recurring run may name the pipeline alone (KFP 2: its latest version)
         self.lock = threading.Lock()
         self._server: Optional[ThreadingHTTPServer] = None
         self._connections: list[socket.socket] = []
@@ -281,7 +282,14 @@ class KfpStub:
         if body.get("experiment_id") and body["experiment_id"] not in self.experiments:
             raise ApiError(404, f"NotFoundError: experiment {body['experiment_id']} not found")
         ref = body.get("pipeline_version_reference")
-        if ref:
+        if ref and not ref.get("pipeline_version_id"):
+            if ref.get("pipeline_id") not in self.pipelines:
+                raise ApiError(404, "NotFoundError: pipeline not found")
+            if not self.follows_latest:  # an older server: it pins the latest version now
+                ref["pipeline_version_id"] = max((v for v in self.versions.values()
+                                                  if v["pipeline_id"] == ref["pipeline_id"]),
+                                                 key=lambda v: v["created_at"])["pipeline_version_id"]
+        elif ref:
             version = self.versions.get(ref.get("pipeline_version_id"))
             if not version or version["pipeline_id"] != ref.get("pipeline_id"):
                 raise ApiError(404, "NotFoundError: pipeline version not found")

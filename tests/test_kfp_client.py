@@ -417,6 +417,29 @@ def test_runs_and_schedules_take_the_service_account(stub, package, capsys):
     assert only(stub.calls("POST", "/runs"))["json"]["service_account"] == "trainer"
 
 
+def test_a_schedule_can_follow_the_latest_version(stub, package, capsys):
+    """The recurring run names the pipeline alone, so each run takes the version uploaded last; a server that
+    pins a version anyway gets the schedule removed again and says how to go on."""
+    kfp = connect(stub.url)
+    up = kfp_client.upload_pipeline(kfp, package, "platepipe", version="v1")
+    code, out, err = run_cli(capsys, "schedule", "--host", stub.url, "--cron", "0 3 * * 0", "--follow-latest",
+                             "--name", "weekly", "--param", "bucket=b")
+    assert code == 0, err
+    body = only(stub.calls("POST", "/recurringruns"))["json"]
+    assert body["pipeline_version_reference"] == {"pipeline_id": up["pipeline_id"]}
+    assert body["runtime_config"]["parameters"]["bucket"] == "b" and body["trigger"]["cron_schedule"]["cron"] == \
+        "0 0 3 * * 0"
+    assert "each run takes the latest uploaded version of 'platepipe'" in out
+    stub.follows_latest = False
+    code, _, err = run_cli(capsys, "schedule", "--host", stub.url, "--cron", "@daily", "--follow-latest",
+                           "--name", "daily", "--param", "bucket=b")
+    assert code == 2 and "pins recurring runs to one version" in err
+    assert [r["display_name"] for r in stub.recurring_runs.values()] == ["weekly"]
+    code, _, err = run_cli(capsys, "schedule", "--host", stub.url, "--cron", "@daily", "--follow-latest",
+                           "--package", str(package))
+    assert code == 2 and "not a package" in err
+
+
 def test_schedule_checks_what_it_can_before_connecting(package, capsys, dead_url):
     code, _, err = run_cli(capsys, "schedule", "--host", dead_url, "--package", str(package), "--cron", "0 25 * * 0")
     assert code == 2 and "platepipe schedule: error: bad cron expression '0 25 * * 0': hour '25' is out of range" in err

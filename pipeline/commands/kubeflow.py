@@ -72,6 +72,9 @@ def register(sub, common) -> None:
     p.add_argument("--max-concurrency", type=int, default=1, metavar="N", help="runs allowed at once, 1-10 (1)")
     p.add_argument("--no-catchup", action="store_true",
                    help="after a pause, start only the latest missed run instead of every missed one")
+    p.add_argument("--follow-latest", action="store_true",
+                   help="each run takes the latest uploaded version of kfp.pipeline_name (where the KFP server "
+                        "allows it; else an error says so), instead of the version or package given now")
     p.add_argument("--list", action="store_true", help="list the experiment's recurring runs")
     p.add_argument("--delete", metavar="NAME", help="delete the recurring run NAME (or id)")
     p.set_defaults(func=cmd_schedule)
@@ -215,14 +218,22 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     cron = kfp_client.kfp_cron(args.cron)  # a bad expression fails before anything else
     kfp_client.check_max_concurrency(args.max_concurrency)
     name = args.name or f"{cfg.kfp.pipeline_name}-schedule"
+    if args.follow_latest:
+        if args.package:
+            raise ValueError("--follow-latest schedules the uploaded pipeline kfp.pipeline_name, not a package: "
+                             "drop --package (upload it first with platepipe upload-pipeline)")
+        args.pipeline_version = args.pipeline_version or "latest"
     with _run_source(args, cfg) as (source, params, kfp):
         out = kfp_client.schedule(kfp, source, cron, experiment=experiment, name=name, params=params,
                                   max_concurrency=args.max_concurrency, no_catchup=args.no_catchup,
                                   enable_caching=False if args.no_cache else None,
-                                  service_account=args.service_account or cfg.kfp.service_account)
+                                  service_account=args.service_account or cfg.kfp.service_account,
+                                  follow_latest=args.follow_latest)
     given = " ".join(args.cron.split())
     form = f" (KFP's 6-field form of '{given}')" if given != out["cron"] else ""
     print(f"scheduled '{out['name']}' in experiment '{experiment}': cron '{out['cron']}'{form}, at most "
           f"{out['max_concurrency']} at a time, {'no catch-up' if out['no_catchup'] else 'catch-up on'} "
           f"(id {out['recurring_run_id']}): {out['url']}")
+    if out.get("follows"):
+        print(f"each run takes the latest uploaded version of '{out['follows']}'")
     return 0
