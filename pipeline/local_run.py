@@ -225,8 +225,9 @@ def summary(run_dir: Path, steps: list[StepLine], seconds: float, ok: bool, keep
         "steps": [{"name": st.name, "status": st.status, "seconds": round(st.seconds, 1)} for st in steps],
         "reports": reports}, indent=2, default=str))
     echo("\nsummary")
+    width = max([15, *(len(step.name) for step in steps)])
     for i, step in enumerate(steps, 1):
-        echo(f"  {i}. {step.name:<15} {step.status:<8} {step.seconds:7.1f} s")
+        echo(f"  {i:>2}. {step.name:<{width}} {step.status:<8} {step.seconds:7.1f} s")
     if "evaluate" in reports:
         m = reports["evaluate"]
         echo(f"  metrics: EIR {m['eir']:.4f} (gate {m['min_eir']} on {m.get('gate_set', 'test')}), "
