@@ -45,9 +45,10 @@ import json
 import math
 import os
 import shutil
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from functools import lru_cache
-from multiprocessing import Pool
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -790,10 +791,16 @@ def _write_set(folder: Path, spec: DataConfig, workers: int | None, progress: bo
                 records.append(_make_one(job))
                 bar.update(1)
         else:
-            with Pool(workers) as pool:
-                for rec in pool.imap_unordered(_make_one, jobs, chunksize=8):
-                    records.append(rec)
-                    bar.update(1)
+            # a worker that dies (killed, out of memory) fails the step with BrokenProcessPool; a
+            # multiprocessing.Pool would wait for its results for ever
+            try:
+                with ProcessPoolExecutor(workers) as pool:
+                    for rec in pool.map(_make_one, jobs, chunksize=8):
+                        records.append(rec)
+                        bar.update(1)
+            except BrokenProcessPool:
+                raise RuntimeError(f"a rendering process died ({desc}: killed, or out of memory): run the data "
+                                   f"step again, with fewer workers (--workers) if memory is short") from None
     finally:
         bar.close()
     records.sort(key=lambda r: r["index"])

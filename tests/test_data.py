@@ -1,6 +1,7 @@
 """The data step: real rendering, real files, COCO read back with pycocotools."""
 
 import json
+import os
 from pathlib import Path
 
 import cv2
@@ -9,9 +10,8 @@ import pytest
 from pycocotools.coco import COCO
 
 from platepipe.components import data
-
+from platepipe.components.data import _make_one, generate, preview, render_plate
 from platepipe.pipeline.config import settings
-from platepipe.components.data import generate, preview, render_plate
 from platepipe.serving.labels import CLASSES, DIGITS, LETTERS
 from platepipe.serving.plates import Detection, decode
 
@@ -182,6 +182,20 @@ def test_user_photo_backgrounds(tmp_path):
     img = cv2.imread(str(tmp_path / "out" / "images" / "000000.jpg"))
     corner = img[:5, :5].reshape(-1, 3).mean(axis=0)
     assert np.all(np.abs(corner - corner.mean()) < 40)  # grey photo, not a procedural colour field
+
+
+def _dies_on_the_third(job):
+    """_make_one, but the worker rendering image 2 dies at once, as one the kernel kills."""
+    if job[1] == 2:
+        os._exit(1)
+    return _make_one(job)
+
+
+def test_a_rendering_process_that_dies_fails_the_step_instead_of_hanging(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "_make_one", _dies_on_the_third)
+    with pytest.raises(RuntimeError, match="a rendering process died"):
+        generate(tmp_path / "x", settings("data", n_images=8, seed=1, **SMALL), workers=2, progress=False)
+    assert not (tmp_path / "x").exists() and not list(tmp_path.glob(".x.partial-*"))
 
 
 def test_bad_settings_name_the_problem(tmp_path):
