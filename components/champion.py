@@ -15,13 +15,9 @@ from __future__ import annotations
 
 import html
 import json
-import logging
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-
-log = logging.getLogger(__name__)
-MANIFEST = "platepipe-version.json"  # components.upload writes it beside the layout
 
 
 @dataclass(frozen=True)
@@ -48,13 +44,21 @@ def pipeline_from_mar(mar: Path, out: Path) -> Path:
     return out
 
 
+def _served_model(store: Path, work: Path, where: str) -> Path:
+    """The pipeline.pth of the one .mar in a served model store, taken out into work."""
+    mars = sorted(store.glob("*.mar"))
+    if len(mars) != 1:
+        raise ValueError(f"{where} holds {len(mars)} .mar files: expected the one platepipe archived")
+    return pipeline_from_mar(mars[0], work / "champion" / "pipeline.pth")
+
+
 def serving_model_kserve(deploy_cfg, work: Path, api_client=None, kubeconfig=None) -> Champion | None:
     """The model the InferenceService deploy.name serves now, fetched from its storage URI; None when there is no
     InferenceService yet (a first deploy). A cluster or bucket that cannot be read is an error, never 'none'."""
-    from platepipe.components.deploy import DeployError, _services
+    from platepipe.components.deploy import DeployError, find
     from platepipe.components.gcs import download_prefix
 
-    isvc = _services(deploy_cfg.namespace, api_client, kubeconfig).get(deploy_cfg.name)
+    isvc = find(deploy_cfg.name, deploy_cfg.namespace, api_client, kubeconfig)
     where = f"InferenceService {deploy_cfg.namespace}/{deploy_cfg.name}"
     if isvc is None:
         return None
@@ -66,10 +70,7 @@ def serving_model_kserve(deploy_cfg, work: Path, api_client=None, kubeconfig=Non
         raise DeployError(f"{where} serves {uri}, not a gs:// version platepipe uploaded: force the promotion to "
                           f"replace it")
     store = download_prefix(uri.rstrip("/") + "/model-store", work / "champion" / "model-store")
-    mars = sorted(store.glob("*.mar"))
-    if len(mars) != 1:
-        raise DeployError(f"{uri}/model-store holds {len(mars)} .mar files: expected the one platepipe archived")
-    model = pipeline_from_mar(mars[0], work / "champion" / "pipeline.pth")
+    model = _served_model(store, work, f"{uri.rstrip('/')}/model-store")
     return Champion(model, uri, uri.rstrip("/").rsplit("/", 1)[-1], where)
 
 
@@ -80,10 +81,7 @@ def serving_model_local(layout: str | Path | None, work: Path) -> Champion | Non
 
     if not layout or local_server.serving(Path(layout)) is None:
         return None
-    mars = sorted((Path(layout) / "model-store").glob("*.mar"))
-    if len(mars) != 1:
-        raise ValueError(f"{layout}/model-store holds {len(mars)} .mar files: expected one")
-    model = pipeline_from_mar(mars[0], work / "champion" / "pipeline.pth")
+    model = _served_model(Path(layout) / "model-store", work, f"{layout}/model-store")
     return Champion(model, str(layout), Path(layout).parent.name, f"the local TorchServe ({layout})")
 
 
@@ -92,9 +90,10 @@ def _sets(metrics: dict) -> dict[str, dict]:
     return {"test": metrics, **(metrics.get("ood") or {})}
 
 
-def compare(challenger: dict, champion: dict | None, margin: float) -> dict:
+def compare(challenger: dict, champion: dict | None, margin: float, force: bool = False) -> dict:
     """Whether the challenger may replace the champion, and the figures side by side. margin: how much lower
-    the challenger's EIR may be on a set (negative: it must read better by that much)."""
+    the challenger's EIR may be on a set (negative: it must read better by that much); force: promote it all the
+    same, saying where it reads worse."""
     if champion is None:
         return {"promote": True, "first": True, "rows": [],
                 "reason": "first deploy: no model serves yet, so there is no champion to compare with"}
@@ -114,12 +113,14 @@ def compare(challenger: dict, champion: dict | None, margin: float) -> dict:
         rows.append(row)
         if row["worse"]:
             worse.append(row)
-    if worse:
-        said = "; ".join(f"{r['set']} {r['measure']} {r['challenger']} against {r['champion']}" for r in worse)
-        reason = f"kept the serving model: the new one reads worse ({said}; margin {margin:g})"
-    else:
+    said = "; ".join(f"{r['set']} {r['measure']} {r['challenger']} against {r['champion']}" for r in worse)
+    if not worse:
         reason = f"promoted: the new model is not worse on any of {len(rows)} sets (margin {margin:g})"
-    return {"promote": not worse, "first": False, "rows": rows, "reason": reason}
+    elif force:
+        reason = f"promoted by force_promotion, although it reads worse ({said}; margin {margin:g})"
+    else:
+        reason = f"kept the serving model: the new one reads worse ({said}; margin {margin:g})"
+    return {"promote": force or not worse, "first": False, "rows": rows, "reason": reason}
 
 
 def comparison_html(decision: dict, challenger_report: str, champion_report: str | None,

@@ -345,9 +345,14 @@ def resolve_endpoint(isvc_status: dict, ingress_host: str | None = None,
     return url.rstrip("/"), host
 
 
+def find(name: str, namespace: str, api_client=None, kubeconfig=None) -> dict | None:
+    """The InferenceService, or None when there is none of that name."""
+    return _services(namespace, api_client, kubeconfig).get(name)
+
+
 def get(name: str, namespace: str, api_client=None, kubeconfig=None) -> dict:
     """The InferenceService; DeployError when there is none."""
-    isvc = _services(namespace, api_client, kubeconfig).get(name)
+    isvc = find(name, namespace, api_client, kubeconfig)
     if isvc is None:
         raise DeployError(f"there is no InferenceService {namespace}/{name}: deploy it with `platepipe deploy "
                           f"--storage-uri gs://...`, or check --name and --namespace")
@@ -455,7 +460,7 @@ def deploy(spec: DeployConfig, storage_uri: str, *, api_client=None, kubeconfig=
     model serves already, bring the new one up at 0% of traffic on its own URL (ramp moves traffic to it)."""
     from platepipe.components import runtime
 
-    manifest(spec, storage_uri)  # a bad storage URI fails before anything is asked of the cluster
+    check_storage_uri(storage_uri)  # before anything is asked of the cluster
     client = _client(api_client, kubeconfig)
     runtime.prepare(spec, client, log)
     isvcs = _services(spec.namespace, client)
@@ -516,15 +521,15 @@ def ramp(spec: DeployConfig, previous: dict | None, check: Callable[[str, str], 
         current = isvcs.get(spec.name)
         if current is None:
             raise DeployError(f"InferenceService {where} is gone while its canary ramped up")
-        body = _replaced(current, current["spec"], (current.get("metadata") or {}).get("labels"),
-                         (current.get("metadata") or {}).get("annotations"))
-        predictor = body["spec"].setdefault("predictor", {})
+        wanted = {"metadata": {"name": spec.name, "labels": {}, "annotations": {}},
+                  "spec": copy.deepcopy(current["spec"])}
+        predictor = wanted["spec"].setdefault("predictor", {})
         if share >= 100:
             predictor.pop("canaryTrafficPercent", None)
         else:
             predictor["canaryTrafficPercent"] = share
         try:
-            generation = isvcs.replace(body)["metadata"].get("generation")
+            generation = _update(isvcs, current, wanted)["metadata"].get("generation")
             ready = _wait(isvcs, spec.name, generation, spec.timeout_s, POLL_S if poll_s is None else poll_s, log)
             url, host = resolve_endpoint(ready.get("status") or {}, ingress_host, ingress_port)
             log(f"canary at {share}% of traffic: checking {where}")

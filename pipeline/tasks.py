@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -154,10 +155,7 @@ def compare(config: str, evaluation_json: str, data_dir: str, challenger_report:
             champion_metrics = run(champ.model, data_dir, work / "evaluation", iou_threshold=cfg.evaluate.iou_threshold,
                                    report_worst=cfg.evaluate.report_worst, progress=False)
             champion_report = (work / "evaluation" / "report.html").read_text()
-        decision = ch.compare(challenger, champion_metrics, cfg.evaluate.champion_margin)
-        if force and not decision["promote"]:
-            decision = {**decision, "promote": True, "reason": "promoted by force_promotion, although it "
-                        + decision["reason"].removeprefix("kept the serving model: the new one ")}
+        decision = ch.compare(challenger, champion_metrics, cfg.evaluate.champion_margin, force)
         Path(report_html).write_text(ch.comparison_html(decision, Path(challenger_report).read_text(),
                                                         champion_report, champ))
     return _report("compare", {**decision, "summary": ch.summary(decision, champ), "metrics": ch.metric_rows(decision),
@@ -210,17 +208,17 @@ def state_home() -> Path:
 
 def local_serving() -> dict:
     """The local deploy target's record (what `platepipe run --local` serves, the local stand-in for the
-    InferenceService): {"layout", "storage_uri"}, or {} when nothing was deployed locally."""
+    InferenceService): {"layout"}, or {} when nothing was deployed locally."""
     record = state_home() / LOCAL_SERVING
     return json.loads(record.read_text()) if record.is_file() else {}
 
 
-def _record_local_serving(layout: Path | None, storage_uri: str | None) -> None:
+def _record_local_serving(layout: Path | None) -> None:
     from platepipe.components.local_server import write_private
 
     record = state_home() / LOCAL_SERVING
     record.parent.mkdir(parents=True, exist_ok=True)
-    write_private(record, json.dumps({"layout": str(layout) if layout else None, "storage_uri": storage_uri}))
+    write_private(record, json.dumps({"layout": str(layout) if layout else None}))
 
 
 def deploy_local(cfg: Config, storage_uri: str) -> dict:
@@ -243,7 +241,7 @@ def deploy_local(cfg: Config, storage_uri: str) -> dict:
     ports = dict(inference_port=s.inference_port, management_port=s.management_port, metrics_port=s.metrics_port,
                  token_auth=s.token_auth)
     srv = server.start(layout, **ports)
-    _record_local_serving(layout, storage_uri)
+    _record_local_serving(layout)
     return {"url": srv.inference_url, "host": "", "model_name": srv.model_name, "layout": str(layout),
             "rollback": json.dumps({"local": str(layout), "previous": previous, "ports": ports})}
 
@@ -279,9 +277,9 @@ def roll_back(rollback: str) -> str:
         stop_local_serving(Path(info["local"]).parent)
         if info.get("previous") and Path(info["previous"]).is_dir():
             server.start(info["previous"], **info["ports"])
-            _record_local_serving(Path(info["previous"]), None)
+            _record_local_serving(Path(info["previous"]))
             return f"stopped the local TorchServe on {info['local']} and served {info['previous']} again"
-        _record_local_serving(None, None)
+        _record_local_serving(None)
         return f"stopped the local TorchServe on {info['local']}"
     from platepipe.components import deploy as dep
 
@@ -302,6 +300,7 @@ def smoke(config: str, url: str, host: str, rollback: str, report_html: str) -> 
         running = server.running(info["local"])
         token = running.keys.get("inference") if running and running.keys else None
     protocol = cfg.smoke.protocol or ("original" if "local" in info else cfg.deploy.protocol)
+
     def check(url: str, host: str | None, folder: Path) -> dict:
         return smoke_test(client.Endpoint(url, model=cfg.serving.model_name, protocol=protocol, token=token,
                                           host=host or None),
@@ -319,7 +318,7 @@ def smoke(config: str, url: str, host: str, rollback: str, report_html: str) -> 
     if info.get("canary"):  # passed on the canary's own URL: now move traffic to it, a smoke test at each step
         from platepipe.components import deploy as dep
 
-        steps = iter(range(1, 1000))
+        steps = itertools.count(1)
         try:
             line = dep.ramp(cfg.deploy, info["previous"], lambda u, h: check(u, h, out_dir.with_name(
                 f"smoke-test-{next(steps)}")), ingress_host=cfg.deploy.ingress_host, ingress_port=cfg.deploy.ingress_port)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 
-from platepipe.pipeline.commands.common import load
+from platepipe.pipeline.commands.common import load, with_given
 from platepipe.pipeline.config import dump_config
 
 
@@ -32,7 +31,7 @@ def register(sub, common) -> None:
 def _doctor_cluster(args: argparse.Namespace) -> int:
     from platepipe.components import deploy, runtime
     cfg = load(args)
-    spec = dataclasses.replace(cfg.deploy, namespace=args.namespace) if args.namespace else cfg.deploy
+    spec = with_given(cfg.deploy, namespace=args.namespace)
     checks = runtime.cluster_checks(spec, deploy.api_client(args.kubeconfig))
     print(runtime.report(checks))
     if any(c.ok is False for c in checks):

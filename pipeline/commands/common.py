@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from platepipe.pipeline.config import Config, load_config
 
@@ -20,6 +21,11 @@ def placeholder_arg(parser) -> None:
     parser.add_argument("--allow-placeholder-images", action="store_true",
                         help="go on although kfp.image or deploy.image is a local placeholder or unset (a cluster "
                              "that has the image under that name, or a pipeline that never deploys)")
+
+
+def with_given(section, **given):
+    """The configuration section with the command-line values given (None: not given, the section's stays)."""
+    return dataclasses.replace(section, **{k: v for k, v in given.items() if v is not None})
 
 
 def load(args: argparse.Namespace) -> Config:

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from platepipe.pipeline.commands.common import load
+from platepipe.pipeline.commands.common import load, with_given
 from platepipe.pipeline.config import Config
 
 
@@ -89,8 +89,7 @@ def cmd_data(args: argparse.Namespace) -> int:
         print(f"preview: {data.preview(out, out / 'preview.png')}")
         return 0
     cfg = load(args)
-    given = dict(n_images=args.n, seed=args.seed, backgrounds=args.backgrounds)
-    spec = dataclasses.replace(cfg.data, **{k: v for k, v in given.items() if v is not None})
+    spec = with_given(cfg.data, n_images=args.n, seed=args.seed, backgrounds=args.backgrounds)
     started = time.monotonic()
     summary = data.generate(out, spec, workers=args.workers,
                             ood_images=cfg.data.ood_images if args.ood is None else args.ood)

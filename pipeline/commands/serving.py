@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from platepipe.pipeline.commands.common import load
+from platepipe.pipeline.commands.common import load, with_given
 from platepipe.pipeline.config import Config
 from platepipe.pipeline.tasks import state_home
 
@@ -130,7 +130,7 @@ def _serving_uri(d, kubeconfig: str | None) -> tuple[str | None, int | None, str
     from platepipe.components import deploy
 
     try:
-        isvc = deploy._services(d.namespace, None, kubeconfig).get(d.name)
+        isvc = deploy.find(d.name, d.namespace, kubeconfig=kubeconfig)
     except Exception as exc:  # noqa: BLE001  no cluster here: list the versions all the same
         return None, None, f"cannot read InferenceService {d.namespace}/{d.name}: {exc}"
     if isvc is None:
@@ -140,9 +140,8 @@ def _serving_uri(d, kubeconfig: str | None) -> tuple[str | None, int | None, str
 
 
 def _with_cluster_args(cfg, args):
-    given = dict(name=args.name, namespace=args.namespace, image=getattr(args, "image", None))
-    return dataclasses.replace(cfg, deploy=dataclasses.replace(
-        cfg.deploy, **{k: v for k, v in given.items() if v is not None}))
+    return dataclasses.replace(cfg, deploy=with_given(cfg.deploy, name=args.name, namespace=args.namespace,
+                                                      image=getattr(args, "image", None)))
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -294,9 +293,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     if not args.storage_uri:
         raise ValueError("deploy needs --storage-uri gs://BUCKET/PATH (the folder with model-store/ and config/, "
                          "as platepipe upload prints it), or --status / --delete")
-    given = dict(name=args.name, namespace=args.namespace, protocol=args.protocol, timeout_s=args.timeout,
-                 image=args.image)
-    spec = dataclasses.replace(d, **{k: v for k, v in given.items() if v is not None})
+    spec = with_given(d, name=args.name, namespace=args.namespace, protocol=args.protocol, timeout_s=args.timeout,
+                      image=args.image)
     if args.dry_run:
         from platepipe.components.runtime import runtime_manifest
         docs = [deploy.manifest(spec, args.storage_uri)]
